@@ -1,0 +1,42 @@
+"""The generator as an MLflow pyfunc model ("models from code").
+
+This file is logged with the model and run at load time; the `wgan` package
+travels with it as `code_paths`, so the model loads and samples on a machine that
+has neither the project nor the training run. Contract: docs/architecture.md,
+section 3 ("The model").
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import torch
+
+
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    """predict(z: float32 (N, z_dim)) -> uint8 images (N, H, W, C)."""
+
+    def load_context(self, context):
+        from wgan.config import TrainConfig
+        from wgan.networks import build_generator
+
+        payload = torch.load(context.artifacts["generator"], map_location="cpu", weights_only=True)
+        self.config = TrainConfig.from_dict(payload["config"])
+        self.generator = build_generator(self.config)
+        self.generator.load_state_dict(payload["generator"])
+        self.generator.eval()
+
+    def predict(self, context, model_input, params=None):
+        from wgan.images import to_uint8
+
+        z = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+        labels = None
+        if self.config.num_classes:
+            label = (params or {}).get("label")
+            labels = (torch.full((z.shape[0],), int(label)) if label is not None
+                      else torch.arange(z.shape[0]) % self.config.num_classes)
+        with torch.no_grad():
+            return to_uint8(self.generator(z, labels))
+
+
+mlflow.models.set_model(GeneratorModel())

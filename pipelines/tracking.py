@@ -1,0 +1,124 @@
+"""MLflow run layout of a training run (docs/architecture.md, section 3)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+import wgan
+from wgan.config import TrainConfig
+from wgan.errors import UserError
+
+MODEL_NAME = "generator"
+METRICS = ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_penalty",
+           "throughput/images_per_s")
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI if set, else MLflow's default: sqlite:///<cwd>/mlflow.db."""
+    return mlflow.get_tracking_uri()
+
+
+def code_version() -> str:
+    """The git commit of the installed source when it is a checkout, else the package version."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(wgan.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return wgan.__version__
+
+
+def get_run(client: MlflowClient, run_id: str):
+    try:
+        return client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"no MLflow run {run_id!r} in {tracking_uri()}: check the id, or set MLFLOW_TRACKING_URI to the store that has it")
+
+
+def start_train_run(client: MlflowClient, experiment: str, cfg: TrainConfig, *, data_dir: str,
+                    manifest: dict, manifest_sha256: str, storage_path: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, tags={
+        "wganctl.stage": "train",
+        "data.manifest_sha256": manifest_sha256,
+        "data.dataset": str(manifest.get("dataset")),
+        "data.dir": data_dir,
+        "code.version": code_version(),
+        "ray.storage_path": storage_path,
+        "mlflow.runName": f"{cfg.loss}-{manifest.get('dataset')}-{cfg.image_size}px",
+    })
+    run_id = run.info.run_id
+    client.set_tag(run_id, "ray.run_name", ray_run_name(run_id))
+    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.to_dict().items()}
+    params["data_dir"] = data_dir
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
+    client.log_text(run_id, cfg.to_json(), "config.json")
+    return run_id
+
+
+def ray_run_name(run_id: str) -> str:
+    return f"wganctl-{run_id}"
+
+
+def metrics_batch(history: list[tuple[int, dict[str, float]]], timestamp_ms: int) -> list[Metric]:
+    return [Metric(key, value, timestamp_ms, step) for step, values in history for key, value in values.items()]
+
+
+def log_grid(client: MlflowClient, run_id: str, picture: np.ndarray, step: int) -> None:
+    client.log_image(run_id, picture.squeeze(-1) if picture.shape[-1] == 1 else picture,
+                     artifact_file=f"samples/step_{step:06d}.png")
+
+
+def log_loss_curves(client: MlflowClient, run_id: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in METRICS if k != "throughput/images_per_s"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
+    for ax, key in zip(axes, keys):
+        hist = client.get_metric_history(run_id, key)
+        hist.sort(key=lambda m: m.step)
+        ax.plot([m.step for m in hist], [m.value for m in hist], lw=0.8)
+        ax.set_title(key)
+        ax.set_xlabel("generator step")
+    fig.tight_layout()
+    client.log_figure(run_id, fig, "plots/loss_curves.png")
+    plt.close(fig)
+
+
+def log_generator_model(run_id: str, payload: dict) -> str:
+    """Log the generator of a checkpoint payload as the pyfunc model `generator`."""
+    from mlflow.models import infer_signature
+
+    from pipelines import generator_model
+
+    cfg = TrainConfig.from_dict(payload["config"])
+    z = torch.randn(2, cfg.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "generator.pt"
+        torch.save({"config": payload["config"], "generator": payload["generator"], "step": payload["step"]}, weights)
+        example_out = np.zeros((2, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=generator_model.__file__,
+                artifacts={"generator": str(weights)},
+                code_paths=[str(Path(wgan.__file__).parent)],
+                signature=infer_signature(z, example_out),
+                input_example=z,
+            )
+    return info.model_uri

@@ -1,0 +1,75 @@
+"""One-file training checkpoints that load without unpickling arbitrary objects.
+
+Layout: docs/architecture.md, section 2. Saving goes through a temporary file and
+an atomic rename, so a crash mid-save never leaves a truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wgan.config import TrainConfig
+from wgan.errors import UserError
+
+FORMAT_VERSION = 1
+FILENAME = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator: nn.Module,
+         critic: nn.Module, g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer,
+         fixed_z: torch.Tensor, mlflow_run_id: str | None) -> Path:
+    path = Path(directory) / FILENAME
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "config": cfg.to_dict(),
+        "generator": generator.state_dict(),
+        "critic": critic.state_dict(),
+        "g_optimizer": g_optimizer.state_dict(),
+        "d_optimizer": d_optimizer.state_dict(),
+        "rng": rng_state(),
+        "fixed_z": fixed_z.cpu(),
+        "mlflow_run_id": mlflow_run_id,
+    }
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file (or a directory holding one) with ``weights_only=True``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILENAME
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint at {path}: pass a checkpoint directory written by `wganctl train`")
+    except Exception as err:  # a truncated or foreign file
+        raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}): it is corrupt or not a wganctl checkpoint")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"checkpoint {path} has format_version {payload.get('format_version')}, expected {FORMAT_VERSION}")
+    return payload
+
+
+def config_of(payload: dict[str, Any]) -> TrainConfig:
+    return TrainConfig.from_dict(payload["config"])

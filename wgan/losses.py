@@ -1,0 +1,67 @@
+"""Critic and generator objectives of the three losses, as the papers give them.
+
+All functions take critic scores (unbounded, no sigmoid) and return scalar
+tensors; none of them synchronises with the host.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def wasserstein_estimate(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """E[D(real)] - E[D(fake)]: the critic's estimate of W1 (Arjovsky et al. 2017, Eq. 3)."""
+    return real_scores.mean() - fake_scores.mean()
+
+
+def interpolates(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """x_hat = eps * x + (1 - eps) * x_tilde, eps ~ U[0, 1] per sample (Gulrajani et al. 2017, Alg. 1)."""
+    eps = torch.rand((real.shape[0],) + (1,) * (real.dim() - 1), device=real.device, dtype=real.dtype)
+    return (eps * real + (1 - eps) * fake).requires_grad_(True)
+
+
+def gradient_penalty(scores_hat: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """(||grad_x D(x_hat)||_2 - 1)^2 averaged over samples (Gulrajani et al. 2017, Eq. 3).
+
+    The gradient is taken with ``create_graph=True`` so that the penalty itself is
+    differentiated by the single ``backward`` of the critic loss; that keeps
+    DistributedDataParallel correct (its hooks fire on parameter gradients only).
+    """
+    (grad,) = torch.autograd.grad(scores_hat.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def critic_loss_real(loss: str, real_scores: torch.Tensor) -> torch.Tensor:
+    """The critic objective's term on real samples (to minimise)."""
+    if loss in ("wgan", "wgan-gp"):
+        return -real_scores.mean()
+    # Non-saturating GAN: -log sigmoid(D(x)).
+    return F.softplus(-real_scores).mean()
+
+
+def critic_loss_fake(loss: str, fake_scores: torch.Tensor) -> torch.Tensor:
+    """The critic objective's term on generated samples (to minimise)."""
+    if loss in ("wgan", "wgan-gp"):
+        return fake_scores.mean()
+    # Non-saturating GAN: -log(1 - sigmoid(D(G(z)))).
+    return F.softplus(fake_scores).mean()
+
+
+def critic_loss(loss: str, real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """The critic's objective to minimise, without any penalty term."""
+    return critic_loss_real(loss, real_scores) + critic_loss_fake(loss, fake_scores)
+
+
+def generator_loss(loss: str, fake_scores: torch.Tensor) -> torch.Tensor:
+    if loss in ("wgan", "wgan-gp"):
+        return -fake_scores.mean()
+    # Non-saturating generator loss: -log sigmoid(D(G(z))) (Goodfellow et al. 2014, Sec. 3).
+    return F.softplus(-fake_scores).mean()
+
+
+@torch.no_grad()
+def clip_weights(critic: torch.nn.Module, c: float) -> None:
+    """Clamp every critic parameter to [-c, c] (Arjovsky et al. 2017, Alg. 1, line 7)."""
+    for p in critic.parameters():
+        p.clamp_(-c, c)

@@ -1,0 +1,123 @@
+"""One training step: n_critic critic updates, then one generator update.
+
+The step works on plain modules or on DistributedDataParallel-wrapped ones:
+
+* fakes for the critic are drawn from the *unwrapped* generator under
+  ``no_grad`` (no DDP bookkeeping for a forward that is never backpropagated);
+* a critic without batch norm sees real, fake and interpolated samples in one
+  forward, and the critic loss, penalty included, is backpropagated once;
+* a batch-norm critic (wgan, gan) sees real and fake batches in separate
+  forward/backward passes, as in the WGAN reference code, so that batch
+  statistics are never mixed;
+* the generator update scores fakes with the unwrapped critic and
+  backpropagates into the generator's parameters only.
+
+Statistics are returned as detached tensors: nothing here calls ``.item()``,
+so the host synchronises only where the caller chooses to (logging intervals).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from wgan import losses
+from wgan.config import TrainConfig
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
+    return getattr(module, "module", module)
+
+
+def has_batch_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def build_optimizers(cfg: TrainConfig, generator: nn.Module, critic: nn.Module):
+    """RMSProp for wgan (Arjovsky et al. 2017: momentum-based optimisers made the
+    critic unstable), Adam for wgan-gp and gan."""
+    if cfg.optimizer == "rmsprop":
+        return (torch.optim.RMSprop(generator.parameters(), lr=cfg.lr),
+                torch.optim.RMSprop(critic.parameters(), lr=cfg.lr))
+    return (torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas),
+            torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=cfg.betas))
+
+
+class TrainStep:
+    def __init__(self, cfg: TrainConfig, generator: nn.Module, critic: nn.Module,
+                 g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer):
+        self.cfg = cfg
+        self.generator, self.critic = generator, critic
+        self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        self.separate_passes = has_batch_norm(unwrap(critic))
+        self._g_params = [p for p in unwrap(generator).parameters() if p.requires_grad]
+
+    def _latents(self, n: int, device: torch.device) -> torch.Tensor:
+        return torch.randn(n, self.cfg.z_dim, device=device)
+
+    def _random_labels(self, n: int, device: torch.device) -> torch.Tensor | None:
+        if not self.cfg.num_classes:
+            return None
+        return torch.randint(0, self.cfg.num_classes, (n,), device=device)
+
+    def critic_update(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        cfg, loss = self.cfg, self.cfg.loss
+        n = real.shape[0]
+        with torch.no_grad():
+            fake = unwrap(self.generator)(self._latents(n, real.device), labels)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        penalty = real.new_zeros(())
+        if self.separate_passes:
+            real_scores = self.critic(real, labels)
+            loss_real = losses.critic_loss_real(loss, real_scores)
+            loss_real.backward()
+            fake_scores = self.critic(fake, labels)
+            loss_fake = losses.critic_loss_fake(loss, fake_scores)
+            loss_fake.backward()
+            total = loss_real.detach() + loss_fake.detach()
+        else:
+            if loss == "wgan-gp":
+                x_hat = losses.interpolates(real, fake)
+                batch = torch.cat([real, fake, x_hat])
+                both = None if labels is None else torch.cat([labels, labels, labels])
+                real_scores, fake_scores, hat_scores = self.critic(batch, both).split(n)
+                penalty = losses.gradient_penalty(hat_scores, x_hat)
+            else:
+                both = None if labels is None else torch.cat([labels, labels])
+                real_scores, fake_scores = self.critic(torch.cat([real, fake]), both).split(n)
+            total = losses.critic_loss(loss, real_scores, fake_scores) + cfg.lambda_gp * penalty
+            total.backward()
+            total = total.detach()
+        self.d_optimizer.step()
+        if loss == "wgan":
+            losses.clip_weights(unwrap(self.critic), cfg.clip)
+        return {
+            "loss/critic": total,
+            "wasserstein_estimate": losses.wasserstein_estimate(real_scores.detach(), fake_scores.detach()),
+            "gradient_penalty": penalty.detach(),
+        }
+
+    def generator_update(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
+        labels = self._random_labels(n, device)
+        self.g_optimizer.zero_grad(set_to_none=True)
+        fake = self.generator(self._latents(n, device), labels)
+        g_loss = losses.generator_loss(self.cfg.loss, unwrap(self.critic)(fake, labels))
+        # inputs=: gradients reach the generator only; the critic's stay untouched.
+        g_loss.backward(inputs=self._g_params)
+        self.g_optimizer.step()
+        return {"loss/generator": g_loss.detach()}
+
+    def __call__(self, real_batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+        """Run one generator step on ``n_critic`` real batches; returns detached stats."""
+        stats: dict[str, torch.Tensor] = {}
+        count = 0
+        for real, labels in real_batches:
+            stats = self.critic_update(real, labels if self.cfg.num_classes else None)
+            count += 1
+        if count != self.cfg.n_critic:
+            raise ValueError(f"expected {self.cfg.n_critic} real batches, got {count}")
+        stats.update(self.generator_update(real.shape[0], real.device))
+        return stats
