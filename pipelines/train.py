@@ -1,0 +1,154 @@
+"""The train stage: a WGAN / WGAN-GP / GAN run on Ray Train, tracked as one MLflow run.
+
+`train()` checks everything it can before Ray starts (config, data manifest,
+resume id), opens the MLflow run, runs `TorchTrainer` with
+`pipelines.train_worker.train_loop_per_worker`, then logs the generator model
+and the loss curves from the driver, off the training hot path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from wgan import checkpoint as ckpt
+from wgan.config import TrainConfig
+from wgan.data.manifest import load_manifest, manifest_sha256
+from wgan.data.reader import shard_paths
+from wgan.errors import UserError
+from pipelines import tracking
+from pipelines.ray_cluster import init_ray, worker_resources
+
+DEFAULT_STORAGE = "ray_results"
+
+
+class TrainingFailed(RuntimeError):
+    """The run failed or diverged; the MLflow run is marked FAILED with the reason."""
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_uri: str
+    steps: int
+    checkpoint_dir: str
+    final_grid: str
+    tracking_uri: str
+
+
+def _config_for_data(cfg: TrainConfig, manifest: dict) -> TrainConfig:
+    size, channels = manifest["size"], manifest["channels"]
+    for name, given, found in (("image size", cfg.image_size, size), ("channel count", cfg.channels, channels)):
+        if given is not None and given != found:
+            raise UserError(f"the model's {name} {given} does not match the data's {found}: "
+                            f"drop the option or prepare the data again with that {name}")
+    return dataclasses.replace(cfg, image_size=size, channels=channels)
+
+
+def _resumed_config(client: MlflowClient, run_id: str, steps: int | None) -> tuple[TrainConfig, str, str]:
+    run = tracking.get_run(client, run_id)
+    if run.data.tags.get("wganctl.stage") != "train":
+        raise UserError(f"MLflow run {run_id} is not a wganctl training run: give the id of one")
+    cfg = TrainConfig.from_dict(json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.json")))
+    done = int(run.data.tags.get("wganctl.completed_steps", "0"))
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    if done and cfg.steps <= done:
+        raise UserError(f"run {run_id} already finished {done} steps: pass --steps larger than {done} to continue it")
+    return cfg, run.data.params["data_dir"], run.data.tags["ray.storage_path"]
+
+
+def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experiment: str = "wganctl",
+          resume: str | None = None, storage_path: str | None = None, address: str | None = None,
+          max_failures: int = 2, progress: bool = True, steps: int | None = None) -> TrainResult:
+    """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed."""
+    client = MlflowClient(tracking.tracking_uri())
+    if resume:
+        cfg, logged_data_dir, storage_path = _resumed_config(client, resume, steps)
+        data_dir = data_dir or logged_data_dir
+    elif cfg is None:
+        cfg = TrainConfig()
+    if steps is not None and not resume:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    if not data_dir:
+        raise UserError("no training data: pass --data DIR (a directory written by `wganctl prepare`)")
+    manifest = load_manifest(data_dir, verify=True)
+    cfg = _config_for_data(cfg, manifest).resolved()
+    storage_path = storage_path or os.path.abspath(DEFAULT_STORAGE)
+
+    if resume:
+        run_id = resume
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = tracking.start_train_run(client, experiment, cfg, data_dir=data_dir, manifest=manifest,
+                                          manifest_sha256=manifest_sha256(data_dir), storage_path=storage_path)
+    try:
+        result = _fit(cfg, run_id, data_dir, manifest, storage_path, address, max_failures, progress)
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, status="KILLED")
+        raise
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        client.set_tag(run_id, "wganctl.failure_reason", reason)
+        client.set_terminated(run_id, status="FAILED")
+        raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
+
+    diverged = (result.metrics or {}).get("diverged")
+    if diverged:
+        client.set_tag(run_id, "wganctl.failure_reason", f"diverged: {diverged}")
+        client.set_terminated(run_id, status="FAILED")
+        raise TrainingFailed(f"training run {run_id} diverged ({diverged}); the last good checkpoint "
+                             f"is kept in {storage_path}/{tracking.ray_run_name(run_id)}")
+    with result.checkpoint.as_directory() as directory:
+        payload = ckpt.load(directory)
+    model_uri = tracking.log_generator_model(run_id, payload)
+    tracking.log_loss_curves(client, run_id)
+    client.set_tag(run_id, "wganctl.completed_steps", str(payload["step"]))
+    client.set_terminated(run_id, status="FINISHED")
+    run = client.get_run(run_id)
+    return TrainResult(run_id=run_id, model_uri=model_uri, steps=payload["step"],
+                       checkpoint_dir=result.checkpoint.path,
+                       final_grid=f"{run.info.artifact_uri}/samples/step_{payload['step']:06d}.png",
+                       tracking_uri=tracking.tracking_uri())
+
+
+def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_path: str,
+         address: str | None, max_failures: int, progress: bool):
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.progress import ProgressReporter
+    from pipelines.train_worker import train_loop_per_worker
+
+    local = init_ray(address)
+    resources, torch_threads = worker_resources(cfg.workers, cfg.gpu, local)
+    dataset = ray.data.read_parquet(shard_paths(data_dir, manifest), columns=["image", "label"])
+    reporter = ProgressReporter(cfg.steps, enabled=progress)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train_config": cfg.to_dict(),
+            "mlflow_run_id": run_id,
+            "tracking_uri": tracking.tracking_uri(),
+            "torch_threads": torch_threads,
+            "progress_queue": reporter.queue,
+        },
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=tracking.ray_run_name(run_id),
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+        ),
+        datasets={"train": dataset},
+    )
+    with reporter:
+        return trainer.fit()

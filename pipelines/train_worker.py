@@ -1,0 +1,151 @@
+"""The function each Ray Train worker runs: data shard in, checkpoints and MLflow metrics out.
+
+Rank 0 alone talks to MLflow and writes checkpoints; every rank calls
+`ray.train.report` at the same steps, as Ray Train requires. Host syncs happen
+only at logging/checkpoint intervals: per-step statistics stay on the device
+until then and are fetched in one transfer.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from typing import Iterator
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from mlflow.tracking import MlflowClient
+
+from wgan import checkpoint as ckpt
+from wgan.config import TrainConfig
+from wgan.data.reader import decode_images
+from wgan.images import grid, to_uint8
+from wgan.networks import build_critic, build_generator
+from wgan.step import TrainStep, build_optimizers, unwrap
+from pipelines import tracking
+
+GRID_SAMPLES = 64
+# Rows held by Ray Data's local shuffle buffer: enough to decorrelate consecutive
+# batches of one parquet row group without holding a whole shard.
+SHUFFLE_BUFFER = 2048
+
+
+def real_batches(cfg: TrainConfig, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless stream of (images, labels) from this worker's Ray Data shard, epoch after epoch."""
+    shard = ray.train.get_dataset_shard("train")
+    batch = cfg.per_worker_batch
+    epoch = 0
+    while True:
+        yielded = False
+        for table in shard.iter_batches(batch_size=batch, batch_format="pyarrow", drop_last=True,
+                                        local_shuffle_buffer_size=SHUFFLE_BUFFER,
+                                        local_shuffle_seed=cfg.seed * 7919 + epoch):
+            images = decode_images(table.column("image"), cfg.image_size, cfg.channels)
+            labels = torch.from_numpy(table.column("label").to_numpy())
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            yielded = True
+        if not yielded:
+            raise RuntimeError(f"this worker's data shard holds fewer than one batch of {batch} images")
+        epoch += 1
+
+
+def _all_finite(values: list[list[float]], device: torch.device) -> bool:
+    ok = all(math.isfinite(v) for row in values for v in row)
+    if dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([1.0 if ok else 0.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = bool(flag.item() > 0)
+    return ok
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = TrainConfig.from_dict(config["train_config"])
+    run_id: str = config["mlflow_run_id"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if config.get("torch_threads"):
+        torch.set_num_threads(config["torch_threads"])
+    device = ray.train.torch.get_device()
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    generator, critic = build_generator(cfg).to(device), build_critic(cfg).to(device)
+    g_opt, d_opt = build_optimizers(cfg, generator, critic)
+    fixed_z = torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    start = 0
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as directory:
+            payload = ckpt.load(directory)
+        generator.load_state_dict(payload["generator"])
+        critic.load_state_dict(payload["critic"])
+        g_opt.load_state_dict(payload["g_optimizer"])
+        d_opt.load_state_dict(payload["d_optimizer"])
+        fixed_z, start = payload["fixed_z"], payload["step"]
+    # Different latents on each rank, reproducible per (seed, rank, step).
+    torch.manual_seed(hash((cfg.seed, rank, start)) % 2**63)
+    if restored and world == 1:
+        ckpt.set_rng_state(payload["rng"])
+
+    generator = ray.train.torch.prepare_model(generator)
+    critic = ray.train.torch.prepare_model(critic)
+    step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
+    client = MlflowClient(config["tracking_uri"]) if rank == 0 else None
+    progress = config.get("progress_queue")
+
+    data = real_batches(cfg, device)
+    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+    images_per_step = cfg.n_critic * cfg.batch
+    tick, tick_step = time.perf_counter(), start
+
+    for step in range(start + 1, cfg.steps + 1):
+        stats = step_fn(next(data) for _ in range(cfg.n_critic))
+        pending.append((step, stats))
+        last = step == cfg.steps
+        checkpoint_now = last or step % cfg.checkpoint_every == 0
+        if not (checkpoint_now or step % cfg.log_every == 0):
+            continue
+
+        keys = list(stats)
+        values = torch.stack([torch.stack([s[k] for k in keys]) for _, s in pending]).tolist()  # one sync
+        now = time.perf_counter()
+        rate = images_per_step * (step - tick_step) / max(now - tick, 1e-9)
+        tick, tick_step = now, step
+        history = [(st, dict(zip(keys, row))) for (st, _), row in zip(pending, values)]
+        pending = []
+        if not _all_finite(values, device):
+            bad = next((st, k) for st, vals in history for k, v in vals.items() if not math.isfinite(v))
+            ray.train.report({"step": step, "diverged": f"{bad[1]} became non-finite at step {bad[0]}"})
+            return
+        if rank == 0:
+            history[-1][1]["throughput/images_per_s"] = rate
+            client.log_batch(run_id, metrics=tracking.metrics_batch(history, int(time.time() * 1000)),
+                             synchronous=False)
+            if progress is not None:
+                try:
+                    progress.put_nowait({"step": step, **history[-1][1]})
+                except Exception:  # a full queue only drops a progress update
+                    pass
+            if last or step % cfg.sample_every == 0:
+                g = unwrap(generator)
+                g.eval()
+                with torch.no_grad():
+                    labels = (torch.arange(GRID_SAMPLES, device=device) % cfg.num_classes
+                              if cfg.num_classes else None)
+                    pictures = to_uint8(g(fixed_z.to(device), labels))
+                g.train()
+                tracking.log_grid(client, run_id, grid(pictures, nrow=8), step)
+
+        if not checkpoint_now:
+            continue
+        metrics = {"step": step, **history[-1][1]}
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                ckpt.save(directory, step=step, cfg=cfg, generator=unwrap(generator), critic=unwrap(critic),
+                          g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=fixed_z, mlflow_run_id=run_id)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                                 checkpoint_dir_name=f"checkpoint_{step:07d}")
+        else:
+            ray.train.report(metrics)

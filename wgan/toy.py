@@ -1,0 +1,70 @@
+"""Low-dimensional distributions with known answers, for checking the losses.
+
+* Parallel lines (Arjovsky et al. 2017, Example 1): P0 = (0, Z), P_theta = (theta, Z),
+  Z ~ U[0, 1]; W1(P0, P_theta) = |theta|.
+* Two 1-D Gaussians N(0, 1) and N(mu, 1): W1 = |mu| (a pure shift).
+* 8 Gaussians on a circle (Gulrajani et al. 2017, Sec. 4.1 / Fig. 1): radius 2,
+  std 0.02, scaled by 1/1.414, as in the paper's toy code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def parallel_lines(n: int, theta: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    z = torch.rand(n, 1, generator=generator)
+    return torch.cat([torch.full_like(z, theta), z], dim=1)
+
+
+def gaussian_1d(n: int, mu: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    return torch.randn(n, 1, generator=generator) + mu
+
+
+EIGHT_GAUSSIAN_CENTERS = torch.tensor(
+    [(2 * math.cos(k * math.pi / 4), 2 * math.sin(k * math.pi / 4)) for k in range(8)]
+) / 1.414
+EIGHT_GAUSSIAN_STD = 0.02 / 1.414
+
+
+def eight_gaussians(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    idx = torch.randint(0, 8, (n,), generator=generator)
+    return EIGHT_GAUSSIAN_CENTERS[idx] + EIGHT_GAUSSIAN_STD * torch.randn(n, 2, generator=generator)
+
+
+def mlp(inputs: int, outputs: int, hidden: int = 512, layers: int = 3) -> nn.Sequential:
+    """ReLU MLP as in the WGAN-GP toy experiments (3 hidden layers of 512)."""
+    mods: list[nn.Module] = []
+    width = inputs
+    for _ in range(layers):
+        mods += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    mods.append(nn.Linear(width, outputs))
+    return nn.Sequential(*mods)
+
+
+class ToyGenerator(nn.Module):
+    def __init__(self, z_dim: int = 2, out: int = 2, hidden: int = 512):
+        super().__init__()
+        self.net = mlp(z_dim, out, hidden)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(z)
+
+
+class ToyCritic(nn.Module):
+    def __init__(self, inputs: int = 2, hidden: int = 512):
+        super().__init__()
+        self.net = mlp(inputs, 1, hidden)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def mode_coverage(samples: torch.Tensor, centers: torch.Tensor, radius: float) -> torch.Tensor:
+    """Share of samples within ``radius`` of each center."""
+    d = torch.cdist(samples, centers)
+    return (d < radius).float().mean(0)
