@@ -75,7 +75,12 @@ def prepare(
         strict=strict,
         progress=not quiet,
     )
-    typer.echo(f"prepared {result.manifest['count']} images -> {result.out}")
+    if result.up_to_date:
+        typer.echo(f"{result.out} is up to date ({result.manifest['count']} images); use --force to rebuild it")
+        return
+    skipped = result.manifest["skipped"]["count"]
+    note = f" (skipped {skipped} unreadable files, listed in manifest.json)" if skipped else ""
+    typer.echo(f"prepared {result.manifest['count']} images -> {result.out}{note}")
 
 
 BATCH_HELP = ("global batch of real images per critic step; each of the --workers workers takes "
@@ -130,6 +135,7 @@ def train(
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="checkpoint storage: local dir, s3://, shared FS (./ray_results)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker and controller logs"),
 ) -> None:
     """Train WGAN, WGAN-GP or a standard GAN on Ray Train; every run is logged to MLflow."""
     from pipelines.train import TrainingFailed, train as run_train
@@ -141,7 +147,7 @@ def train(
     try:
         result = run_train(None if resume else cfg, data, experiment=experiment, resume=resume,
                            storage_path=storage_path, address=address, progress=not quiet,
-                           steps=steps if resume else None)
+                           steps=steps if resume else None, verbose=verbose)
     except TrainingFailed as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)

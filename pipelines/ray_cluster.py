@@ -8,18 +8,19 @@ import os
 import ray
 
 
-def init_ray(address: str | None = None) -> bool:
+def init_ray(address: str | None = None, verbose: bool = False) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True when local.
 
     A local Ray gets no dashboard: on a small machine it costs a core's worth of
-    start-up time and nothing in the pipeline needs it.
+    start-up time and nothing in the pipeline needs it. Worker logs reach the
+    terminal only with ``verbose``: errors come back through exceptions anyway.
     """
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=verbose)
         else:
-            ray.init(include_dashboard=False, log_to_driver=True)
+            ray.init(include_dashboard=False, log_to_driver=verbose)
     return not address
 
 

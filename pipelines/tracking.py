@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -18,6 +19,7 @@ from wgan.config import TrainConfig
 from wgan.errors import UserError
 
 MODEL_NAME = "generator"
+DIVERGED_TAG = "wganctl.diverged"
 METRICS = ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_penalty",
            "throughput/images_per_s")
 
@@ -112,7 +114,9 @@ def log_generator_model(run_id: str, payload: dict) -> str:
         weights = Path(tmp) / "generator.pt"
         torch.save({"config": payload["config"], "generator": payload["generator"], "step": payload["step"]}, weights)
         example_out = np.zeros((2, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
+            # MLflow asks for type hints on predict(); the explicit signature below is the contract.
+            warnings.filterwarnings("ignore", message=".*type hints.*")
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=generator_model.__file__,

@@ -20,8 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
-from wgan.data.manifest import load_manifest, manifest_sha256
-from wgan.data.reader import shard_paths
+from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import UserError
 from pipelines import tracking
 from pipelines.ray_cluster import init_ray, worker_resources
@@ -67,7 +66,8 @@ def _resumed_config(client: MlflowClient, run_id: str, steps: int | None) -> tup
 
 def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experiment: str = "wganctl",
           resume: str | None = None, storage_path: str | None = None, address: str | None = None,
-          max_failures: int = 2, progress: bool = True, steps: int | None = None) -> TrainResult:
+          max_failures: int = 2, progress: bool = True, steps: int | None = None,
+          verbose: bool = False) -> TrainResult:
     """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed."""
     client = MlflowClient(tracking.tracking_uri())
     if resume:
@@ -90,7 +90,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
         run_id = tracking.start_train_run(client, experiment, cfg, data_dir=data_dir, manifest=manifest,
                                           manifest_sha256=manifest_sha256(data_dir), storage_path=storage_path)
     try:
-        result = _fit(cfg, run_id, data_dir, manifest, storage_path, address, max_failures, progress)
+        result = _fit(cfg, run_id, data_dir, manifest, storage_path, address, max_failures, progress, verbose)
     except KeyboardInterrupt:
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -100,11 +100,12 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
         client.set_terminated(run_id, status="FAILED")
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
 
-    diverged = (result.metrics or {}).get("diverged")
-    if diverged:
-        client.set_tag(run_id, "wganctl.failure_reason", f"diverged: {diverged}")
+    diverged = client.get_run(run_id).data.tags.get(tracking.DIVERGED_TAG)
+    if diverged or result.checkpoint is None:
+        reason = f"diverged: {diverged}" if diverged else "no checkpoint was written"
+        client.set_tag(run_id, "wganctl.failure_reason", reason)
         client.set_terminated(run_id, status="FAILED")
-        raise TrainingFailed(f"training run {run_id} diverged ({diverged}); the last good checkpoint "
+        raise TrainingFailed(f"training run {run_id} failed ({reason}); the last good checkpoint, if any, "
                              f"is kept in {storage_path}/{tracking.ray_run_name(run_id)}")
     with result.checkpoint.as_directory() as directory:
         payload = ckpt.load(directory)
@@ -120,7 +121,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
 
 
 def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_path: str,
-         address: str | None, max_failures: int, progress: bool):
+         address: str | None, max_failures: int, progress: bool, verbose: bool):
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -128,8 +129,9 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
     from pipelines.progress import ProgressReporter
     from pipelines.train_worker import train_loop_per_worker
 
-    local = init_ray(address)
+    local = init_ray(address, verbose)
     resources, torch_threads = worker_resources(cfg.workers, cfg.gpu, local)
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
     dataset = ray.data.read_parquet(shard_paths(data_dir, manifest), columns=["image", "label"])
     reporter = ProgressReporter(cfg.steps, enabled=progress)
     trainer = TorchTrainer(
@@ -147,6 +149,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
             name=tracking.ray_run_name(run_id),
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
         datasets={"train": dataset},
     )

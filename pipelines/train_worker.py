@@ -13,6 +13,7 @@ import tempfile
 import time
 from typing import Iterator
 
+import mlflow
 import ray.train
 import ray.train.torch
 import torch
@@ -44,7 +45,7 @@ def real_batches(cfg: TrainConfig, device: torch.device) -> Iterator[tuple[torch
                                         local_shuffle_buffer_size=SHUFFLE_BUFFER,
                                         local_shuffle_seed=cfg.seed * 7919 + epoch):
             images = decode_images(table.column("image"), cfg.image_size, cfg.channels)
-            labels = torch.from_numpy(table.column("label").to_numpy())
+            labels = torch.tensor(table.column("label").to_numpy())
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             yielded = True
         if not yielded:
@@ -93,6 +94,9 @@ def train_loop_per_worker(config: dict) -> None:
     critic = ray.train.torch.prepare_model(critic)
     step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
     client = MlflowClient(config["tracking_uri"]) if rank == 0 else None
+    if restored and client is not None:
+        # Visible in the run: where a restart (worker failure or --resume) picked up.
+        client.log_metric(run_id, "train/resumed_from_step", start, step=start)
     progress = config.get("progress_queue")
 
     data = real_batches(cfg, device)
@@ -116,8 +120,13 @@ def train_loop_per_worker(config: dict) -> None:
         history = [(st, dict(zip(keys, row))) for (st, _), row in zip(pending, values)]
         pending = []
         if not _all_finite(values, device):
-            bad = next((st, k) for st, vals in history for k, v in vals.items() if not math.isfinite(v))
-            ray.train.report({"step": step, "diverged": f"{bad[1]} became non-finite at step {bad[0]}"})
+            # Every rank stops here (they agreed through all_reduce); rank 0 tells the driver
+            # through the MLflow run, which outlives this worker group.
+            if rank == 0:
+                bad = next(((st, k) for st, vals in history for k, v in vals.items() if not math.isfinite(v)),
+                           (step, "a value on another worker"))
+                client.set_tag(run_id, tracking.DIVERGED_TAG, f"{bad[1]} became non-finite at step {bad[0]}")
+                mlflow.flush_async_logging()
             return
         if rank == 0:
             history[-1][1]["throughput/images_per_s"] = rate
@@ -149,3 +158,5 @@ def train_loop_per_worker(config: dict) -> None:
                                  checkpoint_dir_name=f"checkpoint_{step:07d}")
         else:
             ray.train.report(metrics)
+    if client is not None:
+        mlflow.flush_async_logging()

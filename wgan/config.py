@@ -64,8 +64,8 @@ class TrainConfig:
     arch: str = "dcgan"
     width: int = 64
     z_dim: int = 128
-    image_size: int = 32
-    channels: int = 1
+    image_size: int | None = None  # None: taken from the prepared data's manifest
+    channels: int | None = None
     steps: int = 2000
     batch: int = 64
     n_critic: int | None = None
@@ -107,6 +107,8 @@ class TrainConfig:
         return self.batch // self.workers
 
     def validate(self) -> None:
+        if self.image_size is None or self.channels is None:
+            raise ConfigError("image size and channels are unknown: give --data (a prepared dataset) so they can be read from its manifest")
         if self.arch not in ARCHS:
             raise ConfigError(f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
         if self.image_size not in IMAGE_SIZES and self.arch == "dcgan":

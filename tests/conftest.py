@@ -1,0 +1,37 @@
+"""Shared fixtures: one local Ray for the whole session, a fresh MLflow sqlite store per test."""
+
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pytest
+import ray
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray with both cores, started once: Ray start-up is the slowest thing here."""
+    if not ray.is_initialized():
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A real MLflow tracking store (sqlite) in a temporary working directory."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert mlflow.get_tracking_uri() == uri
+    return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, ray_session) -> str:
+    """512 real Fashion-MNIST training images at 28 px, prepared by the real prepare stage."""
+    from pipelines.prepare import prepare
+
+    out = tmp_path_factory.mktemp("data") / "fmnist-28"
+    return prepare("fashion-mnist", size=28, splits=["train"], limit=512, out=str(out), progress=False).out
