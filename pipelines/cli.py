@@ -7,6 +7,7 @@ Each command parses its options, calls one function of `pipelines.*`, and turns 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -26,6 +27,9 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Train, sweep and compare Wasserstein GANs on Ray, tracked in MLflow."""
+    # MLflow announces creating its sqlite tables on stderr; errors must stay one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def user_errors_exit_2(fn):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +68,8 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
           max_failures: int = 2, progress: bool = True, steps: int | None = None,
           verbose: bool = False) -> TrainResult:
     """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed."""
-    client = MlflowClient(tracking.tracking_uri())
     if resume:
+        client = MlflowClient(tracking.tracking_uri())
         cfg, logged_data_dir, storage_path = _resumed_config(client, resume, steps)
         data_dir = data_dir or logged_data_dir
     elif cfg is None:
@@ -82,6 +81,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
     manifest = load_manifest(data_dir, verify=True)
     cfg = _config_for_data(cfg, manifest).resolved()
     storage_path = storage_path or os.path.abspath(DEFAULT_STORAGE)
+    client = MlflowClient(tracking.tracking_uri())  # only now: bad input must not create a store
 
     if resume:
         run_id = resume

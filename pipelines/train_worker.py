@@ -90,6 +90,10 @@ def train_loop_per_worker(config: dict) -> None:
     if restored and world == 1:
         ckpt.set_rng_state(payload["rng"])
 
+    if cfg.gpu and world > 1:
+        # Batch statistics over the global batch, so N workers train like one with the whole batch.
+        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
+        critic = torch.nn.SyncBatchNorm.convert_sync_batchnorm(critic)
     generator = ray.train.torch.prepare_model(generator)
     critic = ray.train.torch.prepare_model(critic)
     step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
