@@ -24,7 +24,8 @@ def init_ray(address: str | None = None, verbose: bool = False) -> bool:
     return not address
 
 
-def worker_resources(workers: int, gpu: bool, local: bool) -> tuple[dict, int | None]:
+def worker_resources(workers: int, gpu: bool, local: bool,
+                     cpus_per_worker: float | None = None) -> tuple[dict, int | None]:
     """Per-worker Ray resources and the torch thread count for each worker.
 
     On a local CPU machine one CPU is left free for Ray Data's read tasks, which
@@ -32,6 +33,9 @@ def worker_resources(workers: int, gpu: bool, local: bool) -> tuple[dict, int | 
     fractional CPUs when there are not enough whole ones, and torch threads are
     set from the physical cores each worker may use.
     """
+    if cpus_per_worker is not None:
+        return ({"CPU": cpus_per_worker, "GPU": 1} if gpu else {"CPU": cpus_per_worker},
+                max(1, math.floor(cpus_per_worker)))
     if gpu:
         return {"CPU": 1, "GPU": 1}, None
     if not local:

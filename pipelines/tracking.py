@@ -48,11 +48,19 @@ def get_run(client: MlflowClient, run_id: str):
         raise UserError(f"no MLflow run {run_id!r} in {tracking_uri()}: check the id, or set MLFLOW_TRACKING_URI to the store that has it")
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name)
+
+
 def start_train_run(client: MlflowClient, experiment: str, cfg: TrainConfig, *, data_dir: str,
-                    manifest: dict, manifest_sha256: str, storage_path: str) -> str:
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-    run = client.create_run(exp_id, tags={
+                    manifest: dict, manifest_sha256: str, storage_path: str,
+                    parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    extra = dict(tags or {})
+    if parent_run_id:
+        extra["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment_id(client, experiment), tags={
+        **extra,
         "wganctl.stage": "train",
         "data.manifest_sha256": manifest_sha256,
         "data.dataset": str(manifest.get("dataset")),

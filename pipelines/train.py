@@ -66,8 +66,15 @@ def _resumed_config(client: MlflowClient, run_id: str, steps: int | None) -> tup
 def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experiment: str = "wganctl",
           resume: str | None = None, storage_path: str | None = None, address: str | None = None,
           max_failures: int = 2, progress: bool = True, steps: int | None = None,
-          verbose: bool = False) -> TrainResult:
-    """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed."""
+          verbose: bool = False, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
+          callbacks: list | None = None, objective: dict | None = None,
+          cpus_per_worker: float | None = None) -> TrainResult:
+    """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed.
+
+    The tune stage passes ``parent_run_id`` (the sweep's MLflow run), ``tags`` (its trial id),
+    ``callbacks`` (Tune's report callback), ``objective`` (sample-quality settings computed at
+    every checkpoint, see `pipelines.objective`) and ``cpus_per_worker`` (trials share the CPUs).
+    """
     if resume:
         client = MlflowClient(tracking.tracking_uri())
         cfg, logged_data_dir, storage_path = _resumed_config(client, resume, steps)
@@ -88,9 +95,11 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
         client.update_run(run_id, status="RUNNING")
     else:
         run_id = tracking.start_train_run(client, experiment, cfg, data_dir=data_dir, manifest=manifest,
-                                          manifest_sha256=manifest_sha256(data_dir), storage_path=storage_path)
+                                          manifest_sha256=manifest_sha256(data_dir), storage_path=storage_path,
+                                          parent_run_id=parent_run_id, tags=tags)
     try:
-        result = _fit(cfg, run_id, data_dir, manifest, storage_path, address, max_failures, progress, verbose)
+        result = _fit(cfg, run_id, data_dir, manifest, storage_path, address, max_failures, progress, verbose,
+                      callbacks or [], objective, cpus_per_worker)
     except KeyboardInterrupt:
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -121,7 +130,8 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
 
 
 def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_path: str,
-         address: str | None, max_failures: int, progress: bool, verbose: bool):
+         address: str | None, max_failures: int, progress: bool, verbose: bool, callbacks: list,
+         objective: dict | None, cpus_per_worker: float | None):
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -130,7 +140,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
     from pipelines.train_worker import train_loop_per_worker
 
     local = init_ray(address, verbose)
-    resources, torch_threads = worker_resources(cfg.workers, cfg.gpu, local)
+    resources, torch_threads = worker_resources(cfg.workers, cfg.gpu, local, cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     dataset = ray.data.read_parquet(shard_paths(data_dir, manifest), columns=["image", "label"])
     reporter = ProgressReporter(cfg.steps, enabled=progress)
@@ -142,6 +152,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
             "tracking_uri": tracking.tracking_uri(),
             "torch_threads": torch_threads,
             "progress_queue": reporter.queue,
+            "objective": objective,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                                resources_per_worker=resources),
@@ -150,6 +161,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
             storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            callbacks=callbacks,
         ),
         datasets={"train": dataset},
     )

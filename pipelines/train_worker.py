@@ -26,7 +26,8 @@ from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
 from wgan.networks import build_critic, build_generator
 from wgan.step import TrainStep, build_optimizers, unwrap
-from pipelines import tracking
+from pipelines import objective, tracking
+from pipelines.objective import SampleQuality
 
 GRID_SAMPLES = 64
 # Rows held by Ray Data's local shuffle buffer: enough to decorrelate consecutive
@@ -98,6 +99,8 @@ def train_loop_per_worker(config: dict) -> None:
     critic = ray.train.torch.prepare_model(critic)
     step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
     client = MlflowClient(config["tracking_uri"]) if rank == 0 else None
+    quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
+               if config.get("objective") and rank == 0 else None)
     if restored and client is not None:
         # Visible in the run: where a restart (worker failure or --resume) picked up.
         client.log_metric(run_id, "train/resumed_from_step", start, step=start)
@@ -154,6 +157,9 @@ def train_loop_per_worker(config: dict) -> None:
         if not checkpoint_now:
             continue
         metrics = {"step": step, **history[-1][1]}
+        if quality is not None:
+            metrics[objective.METRIC] = quality(unwrap(generator))
+            client.log_metric(run_id, objective.METRIC, metrics[objective.METRIC], step=step, synchronous=False)
         if rank == 0:
             with tempfile.TemporaryDirectory() as directory:
                 ckpt.save(directory, step=step, cfg=cfg, generator=unwrap(generator), critic=unwrap(critic),

@@ -1,0 +1,55 @@
+"""The sweep objective: a Frechet distance of fixed generator samples, in classifier features.
+
+The critic's loss cannot rank trials (its scale moves with lambda and c), so tune
+ranks them by sample quality: at every checkpoint rank 0 draws ``samples`` images
+from a fixed latent batch, embeds them with the project classifier of the
+evaluate stage and computes the Frechet distance (Heusel et al. 2017) to the
+dataset's reference statistics. Everything the workers need travels in one
+picklable dict, so no worker reads files that only the driver can see.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wgan.classifier import Classifier, ClassifierSpec
+from wgan.metrics.frechet import frechet_distance_from_statistics
+
+METRIC = "objective/frechet_distance"
+
+
+def objective_spec(classifier: Classifier, mu: np.ndarray, sigma: np.ndarray, samples: int, seed: int = 1234) -> dict[str, Any]:
+    return {"classifier_spec": classifier.spec.to_dict(), "classifier_state": classifier.state_dict(),
+            "mu": np.asarray(mu), "sigma": np.asarray(sigma), "samples": samples, "seed": seed}
+
+
+class SampleQuality:
+    """Callable on a generator: the Frechet distance of its samples to the reference."""
+
+    def __init__(self, spec: dict[str, Any], z_dim: int, num_classes: int, device: torch.device):
+        self.classifier = Classifier(ClassifierSpec(**spec["classifier_spec"]))
+        self.classifier.load_state_dict(spec["classifier_state"])
+        self.classifier.eval().to(device)
+        self.mu, self.sigma = spec["mu"], spec["sigma"]
+        g = torch.Generator().manual_seed(spec["seed"])
+        self.z = torch.randn(spec["samples"], z_dim, generator=g).to(device)
+        self.labels = torch.arange(spec["samples"], device=device) % num_classes if num_classes else None
+
+    @torch.no_grad()
+    def __call__(self, generator: nn.Module, batch: int = 500) -> float:
+        was_training = generator.training
+        generator.eval()
+        feats = []
+        for start in range(0, self.z.shape[0], batch):
+            labels = None if self.labels is None else self.labels[start:start + batch]
+            images = generator(self.z[start:start + batch], labels)
+            # quantise like real data (uint8) so samples and references share one pipeline
+            images = ((images + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+            feats.append(self.classifier.features(images).double().cpu())
+        generator.train(was_training)
+        f = torch.cat(feats).numpy()
+        return frechet_distance_from_statistics(f.mean(0), np.cov(f, rowvar=False), self.mu, self.sigma)

@@ -1,0 +1,94 @@
+"""Search spaces for `wganctl tune`: the papers' knobs by default, any train option from YAML.
+
+YAML form, one entry per `TrainConfig` field:
+
+    lr: {loguniform: [1.0e-5, 1.0e-3]}
+    n_critic: {choice: [1, 2, 5, 10]}
+    loss: {choice: [wgan, wgan-gp]}
+    lambda_gp: {loguniform: [1, 100]}    # drawn only for wgan-gp trials
+    clip: {uniform: [0.005, 0.05]}       # drawn only for wgan trials
+    width: 32                            # a constant
+
+Knobs that belong to one loss (lambda_gp to wgan-gp, clip to wgan) are drawn
+only for trials of that loss, so a trial's parameters never show a knob that
+did nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray import tune
+
+from wgan.config import TrainConfig
+from wgan.errors import UserError
+
+DISTRIBUTIONS = {
+    "loguniform": lambda a: tune.loguniform(*a),
+    "uniform": lambda a: tune.uniform(*a),
+    "randint": lambda a: tune.randint(*a),
+    "choice": lambda a: tune.choice(list(a)),
+}
+# Ranges around the papers' values: lambda 10 (Gulrajani et al. 2017), c 0.01 and
+# lr 5e-5 (Arjovsky et al. 2017), lr 1e-4 and n_critic 5 (both).
+DEFAULT_SPACE: dict[str, Any] = {
+    "loss": {"choice": ["wgan", "wgan-gp"]},
+    "lambda_gp": {"loguniform": [1.0, 100.0]},
+    "clip": {"uniform": [0.005, 0.05]},
+    "n_critic": {"choice": [1, 2, 5, 10]},
+    "lr": {"loguniform": [1e-5, 1e-3]},
+}
+LOSS_ONLY = {"lambda_gp": "wgan-gp", "clip": "wgan"}
+# Fixed by the data or by the sweep's own resources, never swept.
+NOT_SWEPT = {"image_size", "channels", "workers", "gpu", "steps", "extra", "checkpoint_every"}
+
+
+def load_space(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return dict(DEFAULT_SPACE)
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"search space file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"search space {path} is not valid YAML: {str(err).splitlines()[0]}")
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(f"search space {path} must be a non-empty mapping of train options to distributions")
+    return raw
+
+
+def to_param_space(space: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``space`` (errors name the key's path) and turn it into Ray Tune domains."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - NOT_SWEPT
+    out: dict[str, Any] = {}
+    for key, value in space.items():
+        if key not in fields:
+            raise UserError(f"space.{key}: not a train option that can be swept; use one of {', '.join(sorted(fields))}")
+        out[key] = _domain(key, value)
+    for key, loss in LOSS_ONLY.items():
+        if key in out and "loss" in out:
+            out[key] = _only_for(loss, out[key])
+    return out
+
+
+def _domain(key: str, value: Any):
+    if not isinstance(value, dict):
+        return value  # a constant
+    if len(value) != 1 or next(iter(value)) not in DISTRIBUTIONS:
+        raise UserError(f"space.{key}: expected one of {', '.join(DISTRIBUTIONS)} with a list, got {value!r}")
+    (name, args), = value.items()
+    if not isinstance(args, list) or (name != "choice" and len(args) != 2):
+        raise UserError(f"space.{key}.{name}: expected a list{' of [low, high]' if name != 'choice' else ''}, got {args!r}")
+    try:
+        return DISTRIBUTIONS[name](args)
+    except Exception as err:
+        raise UserError(f"space.{key}.{name}: {err}")
+
+
+def _only_for(loss: str, domain):
+    sample = domain.sample if hasattr(domain, "sample") else (lambda: domain)
+    return tune.sample_from(lambda spec: sample() if spec.config["loss"] == loss else None)

@@ -1,0 +1,249 @@
+"""The tune stage: a Ray Tune sweep whose every trial is a train-stage run.
+
+Under Ray Train V2, Tune cannot drive a `TorchTrainer` directly; each trial is a
+function trainable (0 CPUs: it only waits) that calls `pipelines.train.train`,
+which starts its own TorchTrainer. Tune's `TuneReportCallback` forwards the
+workers' checkpoint reports (with the sample-quality objective) to the
+scheduler, so ASHA stops weak trials early. The sweep is one MLflow parent run;
+each trial is a nested child run that carries everything a train run carries.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from wgan import checkpoint as ckpt
+from wgan.config import TrainConfig
+from wgan.data.manifest import load_manifest
+from wgan.errors import UserError
+from pipelines import objective, tracking
+from pipelines.search_space import load_space, to_param_space
+from pipelines.train import TrainingFailed, train
+
+TRIAL_TAG = "wganctl.trial_id"
+SCHEDULERS = ("asha", "pbt", "none")
+
+
+@dataclass
+class TuneResult:
+    parent_run_id: str
+    best_run_id: str | None
+    best_objective: float | None
+    best_config: dict[str, Any]
+    trials: list[dict[str, Any]]
+    registered_version: str | None = None
+
+
+def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experiment: str, parent_run_id: str,
+           storage_path: str, objective_spec: dict, cpus_per_worker: float) -> None:
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    client = MlflowClient(tracking.tracking_uri())
+    earlier = client.search_runs([tracking.experiment_id(client, experiment)],
+                                 filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    chosen = {k: v for k, v in config.items() if v is not None}
+    common = dict(experiment=experiment, storage_path=storage_path, max_failures=0, progress=False,
+                  callbacks=[TuneReportCallback()], objective=objective_spec, cpus_per_worker=cpus_per_worker)
+    if earlier:  # a resumed sweep: continue this trial's own run from its checkpoint
+        train(resume=earlier[0].info.run_id, **common)
+        return
+    cfg = TrainConfig.from_dict({**base, **chosen})
+    train(cfg, data_dir, parent_run_id=parent_run_id, tags={TRIAL_TAG: trial_id}, **common)
+
+
+def _scheduler(name: str, reports: int, space: dict[str, Any]):
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+
+    if name == "asha":
+        # Rungs at 1, 3, 9, ... reports: a trial must beat the median-ish third to go on.
+        return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1, reduction_factor=3)
+    if name == "pbt":
+        mutations = {k: v for k, v in space.items() if k in ("lr", "n_critic", "lambda_gp", "clip") and hasattr(v, "sample")}
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=max(1, reports // 4),
+                                       hyperparam_mutations=mutations)
+    return None
+
+
+def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None, scheduler: str = "asha",
+               steps: int = 400, reports: int = 8, trial_workers: int = 1, gpus_per_trial: float = 0,
+               max_concurrent: int | None = None, experiment: str = "wganctl-tune", register: str | None = None,
+               resume: bool = False, classifier_run: str | None = None, objective_samples: int = 500,
+               base: TrainConfig | None = None, storage_path: str | None = None,
+               address: str | None = None) -> TuneResult:
+    """Sweep train options on ``data_dir``; returns the trials table and the best trial."""
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    if scheduler == "pbt":
+        raise UserError("--scheduler pbt is not available yet: use asha or none")
+    if trials < 1 or steps < reports or reports < 1:
+        raise UserError("--trials must be >= 1 and --steps >= the number of objective reports (8)")
+    param_space = to_param_space(load_space(space_file))
+    manifest = load_manifest(data_dir, verify=True)
+    base = dataclasses.replace(base or TrainConfig(), steps=steps, checkpoint_every=max(1, steps // reports),
+                               workers=trial_workers, gpu=gpus_per_trial > 0,
+                               sample_every=max(1, steps // reports), log_every=max(1, min(25, steps // reports)))
+    # Every combination must be valid before anything starts.
+    TrainConfig.from_dict({**base.to_dict(), "image_size": manifest["size"], "channels": manifest["channels"]}).resolved()
+    storage_path = storage_path or os.path.abspath("ray_results")
+
+    import ray
+    from ray import tune
+
+    from pipelines.evaluate import load_classifier, reference_statistics
+    from pipelines.ray_cluster import init_ray
+
+    client = MlflowClient(tracking.tracking_uri())
+    classifier, classifier_run = load_classifier(classifier_run, data_dir)
+    mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
+    objective_spec = objective.objective_spec(classifier, mu, sigma, objective_samples)
+
+    local = init_ray(address)
+    parent_run_id, tune_path = _parent_run(client, experiment, resume, data_dir, base, trials, scheduler, storage_path)
+    total_cpus = ray.cluster_resources().get("CPU", 1)
+    if gpus_per_trial > 0:
+        cpus_per_worker = 1.0
+        concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("GPU", 0) // (gpus_per_trial * trial_workers)))
+    else:
+        concurrent = max_concurrent or max(1, int(total_cpus - 1) if local else int(total_cpus // trial_workers))
+        # Leave a CPU for Ray Data's readers, split the rest among running trials' workers.
+        cpus_per_worker = max(0.1, (total_cpus - 1) / (concurrent * trial_workers)) if local else 1.0
+    trainable = tune.with_resources(
+        tune.with_parameters(wganctl_trial, base=base.to_dict(), data_dir=data_dir, experiment=experiment,
+                             parent_run_id=parent_run_id, storage_path=storage_path,
+                             objective_spec=objective_spec, cpus_per_worker=cpus_per_worker),
+        {"CPU": 0})
+    if resume:
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(metric=objective.METRIC, mode="min", num_samples=trials,
+                                        scheduler=_scheduler(scheduler, reports, param_space),
+                                        max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=Path(tune_path).name, storage_path=str(Path(tune_path).parent),
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+    grid = tuner.fit()
+    return _summarise(client, grid, parent_run_id, experiment, register, storage_path)
+
+
+def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: str, base: TrainConfig,
+                trials: int, scheduler: str, storage_path: str) -> tuple[str, str]:
+    exp_id = tracking.experiment_id(client, experiment)
+    if resume:
+        open_runs = client.search_runs([exp_id], filter_string="tags.`wganctl.stage` = 'tune' and attributes.status != 'FINISHED'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
+        if not open_runs:
+            raise UserError(f"no unfinished sweep in experiment {experiment!r} to resume: start one without --resume")
+        run = open_runs[0]
+        client.update_run(run.info.run_id, status="RUNNING")
+        return run.info.run_id, run.data.tags["ray.tune_path"]
+    run = client.create_run(exp_id, tags={"wganctl.stage": "tune", "mlflow.runName": f"sweep-{trials}x-{scheduler}",
+                                          "code.version": tracking.code_version(), "data.dir": data_dir})
+    tune_path = os.path.join(storage_path, f"wganctl-tune-{run.info.run_id}")
+    client.set_tag(run.info.run_id, "ray.tune_path", tune_path)
+    for key, value in {"trials": trials, "scheduler": scheduler, "data_dir": data_dir, **base.to_dict()}.items():
+        client.log_param(run.info.run_id, f"base.{key}" if key in base.to_dict() else key, value)
+    return run.info.run_id, tune_path
+
+
+def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, register: str | None,
+               storage_path: str) -> TuneResult:
+    children = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
+        [tracking.experiment_id(client, experiment)], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")}
+    rows = []
+    for result in grid:
+        trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)
+        child = children.get(trial_id)
+        history = result.metrics_dataframe
+        best = None
+        if history is not None and objective.METRIC in history:
+            best = float(history[objective.METRIC].min())
+        status = "error" if result.error else ("finished" if child and child.info.status == "FINISHED" else "stopped early")
+        if child is not None and child.info.status == "RUNNING":
+            client.set_tag(child.info.run_id, "wganctl.early_stopped", "true")
+            client.set_terminated(child.info.run_id, status="KILLED")
+        rows.append({"run_id": child.info.run_id if child else "", "status": status,
+                     "reports": 0 if history is None else len(history),
+                     "objective": best, **{k: v for k, v in (result.config or {}).items()}})
+    scored = [r for r in rows if r["objective"] is not None and math.isfinite(r["objective"]) and r["run_id"]]
+    best_row = min(scored, key=lambda r: r["objective"]) if scored else None
+    _log_table(client, parent_run_id, rows)
+    version = None
+    if best_row:
+        client.set_tag(parent_run_id, "wganctl.best_run_id", best_row["run_id"])
+        client.log_metric(parent_run_id, f"best/{objective.METRIC}", best_row["objective"])
+        if register:
+            version = _register(client, best_row["run_id"], register, storage_path)
+    client.set_terminated(parent_run_id, status="FINISHED")
+    config = {k: v for k, v in best_row.items() if k not in ("run_id", "status", "reports", "objective")} if best_row else {}
+    return TuneResult(parent_run_id, best_row["run_id"] if best_row else None,
+                      best_row["objective"] if best_row else None, config, rows, version)
+
+
+def _trial_id_from_path(path: str | None) -> str | None:
+    """Tune names trial directories `<trainable>_<trial id>_<index>_<params>...`; trial ids look like `1a2b3_00007`."""
+    found = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(path).name) if path else None
+    return found.group(1) if found else None
+
+
+def _log_table(client: MlflowClient, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("run_id", "status", "reports", "objective"), k))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    client.log_text(parent_run_id, buf.getvalue(), "trials.csv")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    knobs = [k for k in keys if k not in ("run_id", "status", "reports", "objective")]
+    if not knobs:
+        return
+    fig, axes = plt.subplots(1, len(knobs), figsize=(3.5 * len(knobs), 3), squeeze=False)
+    for ax, knob in zip(axes[0], knobs):
+        pts = [(r[knob], r["objective"]) for r in rows if r.get(knob) is not None and r["objective"] is not None]
+        if pts and all(isinstance(x, (int, float)) for x, _ in pts):
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=12)
+            if knob in ("lr", "lambda_gp") and min(x for x, _ in pts) > 0:
+                ax.set_xscale("log")
+        elif pts:
+            labels = sorted({str(x) for x, _ in pts})
+            ax.scatter([labels.index(str(x)) for x, _ in pts], [y for _, y in pts], s=12)
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel(knob)
+        ax.set_ylabel("Frechet distance (lower is better)")
+    fig.tight_layout()
+    client.log_figure(parent_run_id, fig, "plots/objective_vs_hyperparameters.png")
+    plt.close(fig)
+
+
+def _register(client: MlflowClient, run_id: str, name: str, storage_path: str) -> str:
+    """Register the best trial's generator; a trial stopped early gets its model logged from its checkpoint first."""
+    import mlflow
+
+    if not any(m.name == tracking.MODEL_NAME for m in client.search_logged_models(
+            experiment_ids=[client.get_run(run_id).info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}'")):
+        saved = sorted(Path(storage_path, tracking.ray_run_name(run_id)).glob("checkpoint_0*"))
+        if not saved:
+            raise TrainingFailed(f"best trial {run_id} has no checkpoint to register")
+        tracking.log_generator_model(run_id, ckpt.load(saved[-1]))
+    version = mlflow.register_model(f"runs:/{run_id}/{tracking.MODEL_NAME}", name)
+    return version.version
