@@ -1,0 +1,61 @@
+"""The project classifier: a small CNN whose penultimate layer is the feature space of evaluation.
+
+Inception-v3 features (the FID convention) need downloaded ImageNet weights and describe
+28 px grey clothing poorly; a classifier trained on the dataset itself is offline, cheap
+on a CPU, and its features separate exactly the classes a generator should cover (the
+"domain-specific classifier" practice of e.g. the MNIST FID of Lucic et al. 2018,
+"Are GANs Created Equal?").
+
+Three conv-BN-ReLU blocks (32, 64, 128 channels; 2x2 max-pooling after the first two)
+and global average pooling make it independent of the image size (28, 32, 64, 96 px);
+a 128-unit ReLU layer gives the features and a linear layer the logits. Input: float32
+NCHW in [-1, 1], the reader's format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+FEATURE_DIM = 128
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """What it takes to rebuild the network: stored beside its weights."""
+
+    channels: int
+    image_size: int
+    num_classes: int
+    feature_dim: int = FEATURE_DIM
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _block(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels), nn.ReLU(True)]
+
+
+class Classifier(nn.Module):
+    def __init__(self, spec: ClassifierSpec):
+        super().__init__()
+        self.spec = spec
+        self.body = nn.Sequential(
+            *_block(spec.channels, 32), nn.MaxPool2d(2),
+            *_block(32, 64), nn.MaxPool2d(2),
+            *_block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(128, spec.feature_dim), nn.ReLU(True),
+        )
+        self.head = nn.Linear(spec.feature_dim, spec.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, feature_dim) penultimate activations: the space the sample-quality metrics measure in."""
+        return self.body(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    forward = logits
