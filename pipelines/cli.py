@@ -189,6 +189,42 @@ def interpolate(
 
 @app.command()
 @user_errors_exit_2
+def tune(
+    data: str = typer.Option(..., "--data", help="prepared dataset directory"),
+    trials: int = typer.Option(32, "--trials", help="number of trials"),
+    space: Optional[Path] = typer.Option(None, "--space", help="YAML search space (default: lambda, clip, n_critic, lr, loss around the papers' values)"),
+    scheduler: str = typer.Option("asha", "--scheduler", help="asha (early stopping), pbt or none"),
+    steps: int = typer.Option(400, "--steps", help="generator steps per trial (at most)"),
+    reports: int = typer.Option(8, "--reports", help="objective evaluations per trial (ASHA's rungs count these)"),
+    trial_workers: int = typer.Option(1, "--trial-workers", help="Ray Train workers per trial"),
+    gpus_per_trial: float = typer.Option(0, "--gpus-per-trial", help="GPUs per trial worker (0: CPU)"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="trials running at once (default: what fits)"),
+    width: Optional[int] = typer.Option(None, "--width", help="network width of every trial (unless swept)"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="global batch of every trial (unless swept)"),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="MLflow run id of the classifier whose features score samples"),
+    experiment: str = typer.Option("wganctl-tune", "--experiment", help="MLflow experiment"),
+    register: Optional[str] = typer.Option(None, "--register", help="register the best generator under this model name"),
+    resume: bool = typer.Option(False, "--resume", help="continue the experiment's interrupted sweep"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
+) -> None:
+    """Sweep WGAN knobs on Ray Tune; every trial is a train run nested under one MLflow sweep run."""
+    from pipelines.tune import tune_sweep
+    from wgan.config import TrainConfig
+
+    base = TrainConfig(**{k: v for k, v in {"width": width, "batch": batch}.items() if v is not None})
+    result = tune_sweep(data, trials=trials, space_file=str(space) if space else None, scheduler=scheduler,
+                        steps=steps, reports=reports, trial_workers=trial_workers, gpus_per_trial=gpus_per_trial,
+                        max_concurrent=max_concurrent, experiment=experiment, register=register, resume=resume,
+                        classifier_run=classifier, base=base, address=address)
+    typer.echo(f"sweep run {result.parent_run_id}: {len(result.trials)} trials")
+    if result.best_run_id:
+        typer.echo(f"best trial run {result.best_run_id}: Frechet distance {result.best_objective:.3f} with {result.best_config}")
+    if result.registered_version:
+        typer.echo(f"registered {register} version {result.registered_version}")
+
+
+@app.command()
+@user_errors_exit_2
 def quickstart(
     steps: int = typer.Option(None, "--steps", help="override the main job's generator steps"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
@@ -199,8 +235,86 @@ def quickstart(
     run_quickstart(steps=steps, progress=not quiet)
 
 
-def main() -> None:  # pragma: no cover - console entry point helper
-    app()
+@app.command("train-classifier")
+@user_errors_exit_2
+def train_classifier(
+    data: str = typer.Argument(..., help="prepared, labelled dataset directory (from `wganctl prepare`)"),
+    epochs: int = typer.Option(4, "--epochs", help="passes over the train split"),
+    batch: int = typer.Option(128, "--batch", help="images per step"),
+    lr: float = typer.Option(2e-3, "--lr", help="peak learning rate of the one-cycle schedule"),
+    test_split: str = typer.Option("test", "--test-split", help="split to measure accuracy on (train: when there is no test split)"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    experiment: str = typer.Option("wganctl", "--experiment", help="MLflow experiment"),
+    quiet: bool = typer.Option(False, "--quiet", help="no per-epoch lines"),
+) -> None:
+    """Train the project classifier whose features `wganctl evaluate` measures in; logged as its own MLflow run."""
+    from pipelines.classifier import train_classifier as run_train_classifier
+
+    result = run_train_classifier(data, epochs=epochs, batch=batch, lr=lr, seed=seed, test_split=test_split,
+                                  experiment=experiment, progress=not quiet)
+    floor = "" if result.fd_test_vs_train is None else f"; FD(test, train) floor {result.fd_test_vs_train:.4g}"
+    typer.echo(f"classifier run {result.run_id}: test accuracy {result.test_accuracy:.4f}{floor}")
+
+
+@app.command()
+@user_errors_exit_2
+def evaluate(
+    run_id: str = typer.Argument(..., help="MLflow run id of a training run"),
+    n: int = typer.Option(10000, "--n", help="number of samples"),
+    metrics: str = typer.Option("fid,kid,pr,coverage", "--metrics", help="comma-separated: fid, kid, pr, coverage, is"),
+    classifier: Optional[str] = typer.Option(None, "--classifier", help="classifier run id (default: newest on the same dataset)"),
+    seed: int = typer.Option(0, "--seed", help="latent and subset seed"),
+) -> None:
+    """Measure a run's samples against its training data (FID, KID, precision/recall, class coverage); log into the run."""
+    from pipelines.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(run_id, n=n, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+                          classifier_run=classifier, seed=seed)
+    for name, value in result.metrics.items():
+        typer.echo(f"{name:24s} {value:.6g}")
+    typer.echo(f"classifier run {result.classifier_run}; reference features {result.reference}")
+
+
+@app.command()
+@user_errors_exit_2
+def compare(
+    run_ids: List[str] = typer.Argument(..., help="MLflow run ids of evaluated runs"),
+    out: Optional[Path] = typer.Option(None, "--out", help="FILE.png: the runs' eval grids side by side"),
+) -> None:
+    """Print a table of runs' eval metrics and, with --out, put their sample grids side by side."""
+    from pipelines.evaluate import compare as run_compare
+
+    table, picture = run_compare(run_ids, out)
+    typer.echo(table)
+    if picture is not None:
+        typer.echo(str(picture))
+
+
+@app.command()
+@user_errors_exit_2
+def server(
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (0.0.0.0: every interface; see the warning)"),
+    port: int = typer.Option(5000, "--port", help="TCP port"),
+    backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri", help="runs database: sqlite:///FILE or postgresql://USER@HOST/DB (./mlflow-server.db)"),
+    artifacts_destination: Optional[str] = typer.Option(None, "--artifacts-destination", help="where the server stores artifacts: a directory or s3://BUCKET/PREFIX (./mlartifacts)"),
+    workers: int = typer.Option(2, "--workers", help="server worker processes"),
+    basic_auth: bool = typer.Option(False, "--basic-auth", help="MLflow's basic-auth app (users and passwords; set MLFLOW_AUTH_ADMIN_PASSWORD)"),
+) -> None:
+    """Run an MLflow tracking server for Ray clusters: database backend, artifacts served through it."""
+    from pipelines.server import ServerSettings, exposure_warning, serve
+
+    settings = ServerSettings(host=host, port=port, backend_store_uri=backend_store_uri,
+                              artifacts_destination=artifacts_destination, workers=workers,
+                              basic_auth=basic_auth).resolved()
+    warning = exposure_warning(host, basic_auth)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    try:
+        code = serve(settings, announce=typer.echo)
+    except (RuntimeError, TimeoutError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 if __name__ == "__main__":  # pragma: no cover

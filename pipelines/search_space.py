@@ -43,7 +43,7 @@ DEFAULT_SPACE: dict[str, Any] = {
 }
 LOSS_ONLY = {"lambda_gp": "wgan-gp", "clip": "wgan"}
 # Fixed by the data or by the sweep's own resources, never swept.
-NOT_SWEPT = {"image_size", "channels", "workers", "gpu", "steps", "extra", "checkpoint_every"}
+NOT_SWEPT = {"image_size", "channels", "workers", "gpu", "steps", "checkpoint_every"}
 
 
 def load_space(path: str | Path | None) -> dict[str, Any]:

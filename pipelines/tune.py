@@ -1,7 +1,7 @@
 """The tune stage: a Ray Tune sweep whose every trial is a train-stage run.
 
 Under Ray Train V2, Tune cannot drive a `TorchTrainer` directly; each trial is a
-function trainable (0 CPUs: it only waits) that calls `pipelines.train.train`,
+function trainable (0.01 CPU: it only waits) that calls `pipelines.train.train`,
 which starts its own TorchTrainer. Tune's `TuneReportCallback` forwards the
 workers' checkpoint reports (with the sample-quality objective) to the
 scheduler, so ASHA stops weak trials early. The sweep is one MLflow parent run;
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from mlflow.tracking import MlflowClient
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
@@ -32,6 +34,7 @@ from pipelines.train import TrainingFailed, train
 
 TRIAL_TAG = "wganctl.trial_id"
 SCHEDULERS = ("asha", "pbt", "none")
+TRIAL_CPUS = 0.01  # a trial only waits on its train task; Ray refuses a 0-CPU trial
 
 
 @dataclass
@@ -57,10 +60,19 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
     common = dict(experiment=experiment, storage_path=storage_path, max_failures=0, progress=False,
                   callbacks=[TuneReportCallback()], objective=objective_spec, cpus_per_worker=cpus_per_worker)
     if earlier:  # a resumed sweep: continue this trial's own run from its checkpoint
-        train(resume=earlier[0].info.run_id, **common)
-        return
-    cfg = TrainConfig.from_dict({**base, **chosen})
-    train(cfg, data_dir, parent_run_id=parent_run_id, tags={TRIAL_TAG: trial_id}, **common)
+        kwargs = dict(resume=earlier[0].info.run_id, **common)
+    else:
+        kwargs = dict(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir, parent_run_id=parent_run_id,
+                      tags={TRIAL_TAG: trial_id}, **common)
+    # Tune places a trial's children in the trial's own (tiny) placement group; the
+    # TorchTrainer and its Ray Data actors must be scheduled on the cluster instead.
+    outside = PlacementGroupSchedulingStrategy(placement_group=None)
+    ray.get(_train_task.options(scheduling_strategy=outside).remote(kwargs))
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _train_task(kwargs: dict) -> None:
+    train(**kwargs)
 
 
 def _scheduler(name: str, reports: int, space: dict[str, Any]):
@@ -98,14 +110,15 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
     TrainConfig.from_dict({**base.to_dict(), "image_size": manifest["size"], "channels": manifest["channels"]}).resolved()
     storage_path = storage_path or os.path.abspath("ray_results")
 
-    import ray
     from ray import tune
 
-    from pipelines.evaluate import load_classifier, reference_statistics
+    from pipelines.classifier import load_classifier
+    from pipelines.evaluate import reference_statistics
     from pipelines.ray_cluster import init_ray
 
     client = MlflowClient(tracking.tracking_uri())
-    classifier, classifier_run = load_classifier(classifier_run, data_dir)
+    classifier_run = classifier_run or _latest_classifier(client, data_dir)
+    classifier = load_classifier(classifier_run)
     mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
     objective_spec = objective.objective_spec(classifier, mu, sigma, objective_samples)
 
@@ -117,13 +130,15 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
         concurrent = max_concurrent or max(1, int(ray.cluster_resources().get("GPU", 0) // (gpus_per_trial * trial_workers)))
     else:
         concurrent = max_concurrent or max(1, int(total_cpus - 1) if local else int(total_cpus // trial_workers))
-        # Leave a CPU for Ray Data's readers, split the rest among running trials' workers.
-        cpus_per_worker = max(0.1, (total_cpus - 1) / (concurrent * trial_workers)) if local else 1.0
+        # Leave a whole CPU for Ray Data's read tasks (they wait forever for less), split
+        # the rest among the running trials' workers.
+        spare = total_cpus - 1 - TRIAL_CPUS * concurrent
+        cpus_per_worker = max(0.1, spare / (concurrent * trial_workers)) if local else 1.0
     trainable = tune.with_resources(
         tune.with_parameters(wganctl_trial, base=base.to_dict(), data_dir=data_dir, experiment=experiment,
                              parent_run_id=parent_run_id, storage_path=storage_path,
                              objective_spec=objective_spec, cpus_per_worker=cpus_per_worker),
-        {"CPU": 0})
+        {"CPU": TRIAL_CPUS})
     if resume:
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False)
     else:
@@ -138,6 +153,20 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
         )
     grid = tuner.fit()
     return _summarise(client, grid, parent_run_id, experiment, register, storage_path)
+
+
+def _latest_classifier(client: MlflowClient, data_dir: str) -> str:
+    """The newest finished classifier run trained on exactly this dataset (same manifest hash)."""
+    from wgan.data.manifest import manifest_sha256
+
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.`wganctl.stage` = 'classifier' and attributes.status = 'FINISHED' "
+                                            f"and tags.`data.manifest_sha256` = '{manifest_sha256(data_dir)}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise UserError(f"no classifier trained on {data_dir}: run `wganctl train-classifier {data_dir}` first "
+                        f"(its features score the trials), or pass --classifier RUN_ID")
+    return runs[0].info.run_id
 
 
 def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: str, base: TrainConfig,

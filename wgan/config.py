@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from wgan.errors import UserError
@@ -81,7 +81,6 @@ class TrainConfig:
     sample_every: int = 250
     checkpoint_every: int = 250
     num_classes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> "TrainConfig":
         """Return a copy with every per-loss default filled in and all values checked."""
