@@ -31,6 +31,7 @@ DISTRIBUTIONS = {
     "uniform": lambda a: tune.uniform(*a),
     "randint": lambda a: tune.randint(*a),
     "choice": lambda a: tune.choice(list(a)),
+    "grid": lambda a: tune.grid_search(list(a)),  # every value, in order, for each of --trials samples
 }
 # Ranges around the papers' values: lambda 10 (Gulrajani et al. 2017), c 0.01 and
 # lr 5e-5 (Arjovsky et al. 2017), lr 1e-4 and n_critic 5 (both).
@@ -81,8 +82,9 @@ def _domain(key: str, value: Any):
     if len(value) != 1 or next(iter(value)) not in DISTRIBUTIONS:
         raise UserError(f"space.{key}: expected one of {', '.join(DISTRIBUTIONS)} with a list, got {value!r}")
     (name, args), = value.items()
-    if not isinstance(args, list) or (name != "choice" and len(args) != 2):
-        raise UserError(f"space.{key}.{name}: expected a list{' of [low, high]' if name != 'choice' else ''}, got {args!r}")
+    ranged = name not in ("choice", "grid")
+    if not isinstance(args, list) or (ranged and len(args) != 2):
+        raise UserError(f"space.{key}.{name}: expected a list{' of [low, high]' if ranged else ''}, got {args!r}")
     try:
         return DISTRIBUTIONS[name](args)
     except Exception as err:

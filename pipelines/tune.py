@@ -152,7 +152,7 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
-    return _summarise(client, grid, parent_run_id, experiment, register, storage_path)
+    return _summarise(client, grid, parent_run_id, experiment, register, storage_path, reports)
 
 
 def _latest_classifier(client: MlflowClient, data_dir: str) -> str:
@@ -190,7 +190,7 @@ def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: s
 
 
 def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, register: str | None,
-               storage_path: str) -> TuneResult:
+               storage_path: str, total_reports: int) -> TuneResult:
     children = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
         [tracking.experiment_id(client, experiment)], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")}
     rows = []
@@ -201,12 +201,14 @@ def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, 
         best = None
         if history is not None and objective.METRIC in history:
             best = float(history[objective.METRIC].min())
-        status = "error" if result.error else ("finished" if child and child.info.status == "FINISHED" else "stopped early")
+        reports = 0 if history is None else len(history)
+        status = "error" if result.error else ("finished" if reports >= total_reports else "stopped early")
         if child is not None and child.info.status == "RUNNING":
-            client.set_tag(child.info.run_id, "wganctl.early_stopped", "true")
-            client.set_terminated(child.info.run_id, status="KILLED")
+            # Tune ends a trial at its last report (ASHA's max_t) or earlier (a lost rung),
+            # which can be before its driver closed the run: close it here.
+            _close_trial_run(client, child.info.run_id, finished=status == "finished", storage_path=storage_path)
         rows.append({"run_id": child.info.run_id if child else "", "status": status,
-                     "reports": 0 if history is None else len(history),
+                     "reports": reports,
                      "objective": best, **{k: v for k, v in (result.config or {}).items()}})
     scored = [r for r in rows if r["objective"] is not None and math.isfinite(r["objective"]) and r["run_id"]]
     best_row = min(scored, key=lambda r: r["objective"]) if scored else None
@@ -221,6 +223,19 @@ def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, 
     config = {k: v for k, v in best_row.items() if k not in ("run_id", "status", "reports", "objective")} if best_row else {}
     return TuneResult(parent_run_id, best_row["run_id"] if best_row else None,
                       best_row["objective"] if best_row else None, config, rows, version)
+
+
+def _close_trial_run(client: MlflowClient, run_id: str, *, finished: bool, storage_path: str) -> None:
+    if not finished:
+        client.set_tag(run_id, "wganctl.early_stopped", "true")
+        client.set_terminated(run_id, status="KILLED")
+        return
+    saved = sorted(Path(storage_path, tracking.ray_run_name(run_id)).glob("checkpoint_0*"))
+    if saved:
+        payload = ckpt.load(saved[-1])
+        tracking.log_generator_model(run_id, payload)
+        client.set_tag(run_id, "wganctl.completed_steps", str(payload["step"]))
+    client.set_terminated(run_id, status="FINISHED")
 
 
 def _trial_id_from_path(path: str | None) -> str | None:
