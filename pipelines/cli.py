@@ -298,7 +298,7 @@ def server(
     backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri", help="runs database: sqlite:///FILE or postgresql://USER@HOST/DB (./mlflow-server.db)"),
     artifacts_destination: Optional[str] = typer.Option(None, "--artifacts-destination", help="where the server stores artifacts: a directory or s3://BUCKET/PREFIX (./mlartifacts)"),
     workers: int = typer.Option(2, "--workers", help="server worker processes"),
-    basic_auth: bool = typer.Option(False, "--basic-auth", help="MLflow's basic-auth app (users and passwords; set MLFLOW_AUTH_ADMIN_PASSWORD)"),
+    basic_auth: bool = typer.Option(False, "--basic-auth", help="MLflow's basic-auth app: users and passwords (needs MLFLOW_FLASK_SERVER_SECRET_KEY; MLFLOW_AUTH_ADMIN_PASSWORD on first start)"),
 ) -> None:
     """Run an MLflow tracking server for Ray clusters: database backend, artifacts served through it."""
     from pipelines.server import ServerSettings, exposure_warning, serve

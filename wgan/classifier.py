@@ -6,10 +6,12 @@ on a CPU, and its features separate exactly the classes a generator should cover
 "domain-specific classifier" practice of e.g. the MNIST FID of Lucic et al. 2018,
 "Are GANs Created Equal?").
 
-Three conv-BN-ReLU blocks (32, 64, 128 channels; 2x2 max-pooling after the first two)
-and global average pooling make it independent of the image size (28, 32, 64, 96 px);
-a 128-unit ReLU layer gives the features and a linear layer the logits. Input: float32
-NCHW in [-1, 1], the reader's format.
+Three conv-BN-ReLU blocks (16, 32, 64 channels; 2x2 max-pooling after the first two)
+and adaptive average pooling to 3x3 make it independent of the image size (28, 32, 64,
+96 px); a 128-unit ReLU layer gives the features and a linear layer the logits. Input:
+float32 NCHW in [-1, 1], the reader's format. Sized by measurement on a 2-core CPU:
+global pooling (1x1) stayed below 89% on Fashion-MNIST after 3 epochs, 3x3 passes 90%,
+and twice the channels cost 3x the time for no needed gain.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 
 FEATURE_DIM = 128
+POOLED_SIDE = 3
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,10 @@ class Classifier(nn.Module):
         super().__init__()
         self.spec = spec
         self.body = nn.Sequential(
-            *_block(spec.channels, 32), nn.MaxPool2d(2),
-            *_block(32, 64), nn.MaxPool2d(2),
-            *_block(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            nn.Linear(128, spec.feature_dim), nn.ReLU(True),
+            *_block(spec.channels, 16), nn.MaxPool2d(2),
+            *_block(16, 32), nn.MaxPool2d(2),
+            *_block(32, 64), nn.AdaptiveAvgPool2d(POOLED_SIDE), nn.Flatten(),
+            nn.Linear(64 * POOLED_SIDE**2, spec.feature_dim), nn.ReLU(True),
         )
         self.head = nn.Linear(spec.feature_dim, spec.num_classes)
 
