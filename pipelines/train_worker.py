@@ -13,12 +13,10 @@ import tempfile
 import time
 from typing import Iterator
 
-import mlflow
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from mlflow.tracking import MlflowClient
 
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
@@ -28,6 +26,7 @@ from wgan.networks import build_critic, build_generator
 from wgan.step import TrainStep, build_optimizers, unwrap
 from pipelines import objective, tracking
 from pipelines.objective import SampleQuality
+from pipelines.resilient_logging import BufferedMlflowClient
 
 GRID_SAMPLES = 64
 # Rows held by Ray Data's local shuffle buffer: enough to decorrelate consecutive
@@ -98,7 +97,9 @@ def train_loop_per_worker(config: dict) -> None:
     generator = ray.train.torch.prepare_model(generator)
     critic = ray.train.torch.prepare_model(critic)
     step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
-    client = MlflowClient(config["tracking_uri"]) if rank == 0 else None
+    # Rank 0 logs through a queue drained by a background thread: training never waits on
+    # MLflow, and a tracking-server outage is retried, warned about once, and recorded.
+    client = BufferedMlflowClient(config["tracking_uri"]) if rank == 0 else None
     quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
                if config.get("objective") and rank == 0 else None)
     if restored and client is not None:
@@ -133,7 +134,7 @@ def train_loop_per_worker(config: dict) -> None:
                 bad = next(((st, k) for st, vals in history for k, v in vals.items() if not math.isfinite(v)),
                            (step, "a value on another worker"))
                 client.set_tag(run_id, tracking.DIVERGED_TAG, f"{bad[1]} became non-finite at step {bad[0]}")
-                mlflow.flush_async_logging()
+                client.close()
             return
         if rank == 0:
             history[-1][1]["throughput/images_per_s"] = rate
@@ -169,4 +170,4 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(metrics)
     if client is not None:
-        mlflow.flush_async_logging()
+        client.close()

@@ -1,0 +1,453 @@
+"""The pipeline on a real multi-node Ray cluster with token auth, tracked by a real `wganctl server`.
+
+Everything here is a real process started by the test and stopped by its
+process group: three `ray start --block` nodes on this machine (Ray's token
+authentication on, the token shared through RAY_AUTH_TOKEN as KubeRay does it),
+and `wganctl server` (MLflow's server: sqlite backend, artifacts served through
+it). Stages reach the cluster the ways a user would: `wganctl prepare` as a
+driver joining through RAY_ADDRESS=HOST:PORT (with RAY_AUTH_MODE=token, which an
+explicit address needs), `wganctl train` (and `evaluate`, once that stage
+exists) through `ray job submit` to the dashboard's job API.
+
+Why three nodes: Ray Train places each CPU worker on a whole CPU, and Ray Data's
+read tasks need a CPU of their own. Two one-CPU nodes and two workers leave no
+CPU for reading, and the job waits forever; a third one-CPU node keeps one free
+while the placement group's PACK strategy still has to put the workers on two
+different nodes.
+
+The second test stops the tracking server (SIGTERM) in the middle of logging
+and restarts it on the same port and database (pipelines/resilient_logging.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
+START_TIMEOUT_S = 180
+JOB_TIMEOUT_S = 480  # a 4-step train job took 5 min here while other test runs loaded the 2 cores
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def clean_env(**extra: str) -> dict:
+    """This process's environment without its own Ray/MLflow targets, the venv first on PATH."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(extra)
+    return env
+
+
+class OwnedProcess:
+    """A child in its own session: stopped by signalling its process group, never by name."""
+
+    def __init__(self, args: list[str], env: dict, log: Path, cwd: Path | None = None):
+        self.args, self.log = args, log
+        with open(log, "ab") as out:
+            self.popen = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive(self) -> bool:
+        try:
+            os.killpg(self.popen.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline and self.alive():
+                self.popen.poll()
+                time.sleep(0.2)
+            if not self.alive():
+                break
+        self.popen.wait(timeout=10)
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
+
+
+class TrackingServer:
+    """`wganctl server` on a free loopback port, restartable on the same port and database."""
+
+    def __init__(self, workdir: Path):
+        self.workdir, self.port = workdir, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: OwnedProcess | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> "TrackingServer":
+        self.process = OwnedProcess([str(VENV_BIN / "wganctl"), "server", "--port", str(self.port), "--workers", "1"],
+                                    clean_env(), self.workdir / "server.log", cwd=self.workdir)
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.uri}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.popen.poll() is not None:
+                pytest.fail(f"wganctl server exited:\n{self.process.tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        pytest.fail(f"wganctl server not ready after {timeout} s:\n{self.process.tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM to `wganctl server` alone: it must take mlflow's own process group down with it."""
+        if self.process and self.process.popen.poll() is None:
+            self.process.popen.send_signal(signal.SIGTERM)
+            self.process.popen.wait(timeout=60)
+        if self.process:
+            self.process.stop()  # anything left in the group (nothing, if the above worked)
+
+    def api(self, method: str, endpoint: str, **kwargs) -> dict:
+        response = requests.request(method, f"{self.uri}/api/2.0/mlflow/{endpoint}", timeout=30, **kwargs)
+        assert response.status_code == 200, f"{endpoint}: {response.status_code} {response.text[:500]}"
+        return response.json()
+
+    def metric_steps(self, run_id: str, key: str) -> list[int]:
+        history = self.api("GET", "metrics/get-history",
+                           params={"run_id": run_id, "metric_key": key, "max_results": 25000})
+        return sorted(m["step"] for m in history.get("metrics", []))
+
+    def artifact_names(self, run_id: str, path: str) -> list[str]:
+        listing = self.api("GET", "artifacts/list", params={"run_id": run_id, "path": path})
+        return sorted(Path(f["path"]).name for f in listing.get("files", []))
+
+
+class LocalRayCluster:
+    """A head and worker nodes from `ray start --block`, on this machine, with token authentication."""
+
+    def __init__(self):
+        # Ray's unix sockets live under --temp-dir and may not exceed 107 bytes: pytest's tmp_path is too deep.
+        self.workdir = Path(tempfile.mkdtemp(prefix="wganctl-ray-"))
+        self.token = secrets.token_hex(32)
+        self.env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
+        self.nodes: list[OwnedProcess] = []
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"ray://127.0.0.1:{self.client_port}"
+
+    def _start_node(self, name: str, *args: str) -> None:
+        temp = self.workdir / name
+        temp.mkdir(parents=True)
+        self.nodes.append(OwnedProcess(
+            [str(VENV_BIN / "ray"), "start", "--block", "--num-cpus=1", "--num-gpus=0", "--disable-usage-stats",
+             f"--temp-dir={temp}", f"--dashboard-agent-listen-port={free_port()}", *args],
+            self.env, self.workdir / f"{name}.log"))
+
+    def start_head(self) -> None:
+        self._start_node("head", "--head", f"--port={self.gcs_port}", "--include-dashboard=true",
+                         "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                         f"--ray-client-server-port={self.client_port}")
+
+    def start_workers(self, count: int) -> None:
+        for index in range(count):
+            name = f"node{index + 2}"
+            self._start_node(name, f"--address={self.gcs_address}", f"--resources={json.dumps({name: 1})}")
+
+    def state(self, resource: str, **filters: str) -> list[dict]:
+        """Ray's state API over the dashboard's REST endpoint (dead actors and finished jobs included)."""
+        params = {"limit": 10000, "detail": "true"}
+        if filters:
+            params["filter_keys"], params["filter_predicates"], params["filter_values"] = (
+                list(filters), ["="] * len(filters), list(filters.values()))
+        response = requests.get(f"{self.dashboard}/api/v0/{resource}", params=params, timeout=30,
+                                headers={"Authorization": f"Bearer {self.token}"})
+        response.raise_for_status()
+        return response.json()["data"]["result"]["result"]
+
+    def wait_for_dashboard(self, timeout: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.nodes[0].popen.poll() is not None:
+                pytest.fail(f"ray head exited:\n{self.nodes[0].tail()}")
+            try:
+                self.state("nodes")
+                return
+            except (requests.RequestException, KeyError):
+                time.sleep(0.5)
+        pytest.fail(f"Ray dashboard not up after {timeout} s:\n{self.nodes[0].tail()}")
+
+    def wait_for_nodes(self, count: int, timeout: float = START_TIMEOUT_S) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = [n for n in self.state("nodes") if n["state"] == "ALIVE"]
+            if len(alive) >= count:
+                return alive
+            for node in self.nodes:
+                if node.popen.poll() is not None:
+                    pytest.fail(f"a ray node exited:\n{node.tail()}")
+            time.sleep(0.5)
+        pytest.fail(f"fewer than {count} Ray nodes after {timeout} s:\n" + "\n".join(n.tail(10) for n in self.nodes))
+
+    def submit(self, entrypoint: list[str], env_vars: dict, timeout: float) -> tuple[str, str]:
+        """`ray job submit` (waits and tails the logs); returns the submission id and its output."""
+        submission_id = f"wganctl-test-{secrets.token_hex(4)}"
+        result = subprocess.run(
+            [str(VENV_BIN / "ray"), "job", "submit", "--address", self.dashboard, "--submission-id", submission_id,
+             "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", *entrypoint],
+            env=self.env, capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"job {entrypoint[:2]} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        return submission_id, result.stdout + result.stderr
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):  # workers first, then the head
+            node.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """Shared by both tests: `wganctl server` takes half a minute to start on a busy 2-core machine."""
+    server = TrackingServer(tmp_path_factory.mktemp("tracking")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        assert not port_open(server.port), "the MLflow server outlived `wganctl server`"
+
+
+@pytest.mark.timeout(1200)
+def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path, tracking_server):
+    shared = tmp_path / "shared"  # what every node sees: an s3:// bucket or a shared filesystem on a real cluster
+    cluster = LocalRayCluster()
+    try:
+        cluster.start_head()
+        cluster.wait_for_dashboard()
+        # Token auth is on: the dashboard's job API refuses a request without the token.
+        assert requests.get(f"{cluster.dashboard}/api/jobs/", timeout=10).status_code == 401
+
+        # prepare: a driver outside the cluster that joins it through RAY_ADDRESS (it needs only
+        # the head's CPU, so it runs while the other nodes start). Not ray://: Ray Data's executor
+        # needs a core worker in the driver, which a Ray Client driver lacks.
+        data = shared / "fmnist-28"
+        prepare = OwnedProcess(
+            [str(VENV_BIN / "wganctl"), "prepare", "fashion-mnist", "--size", "28", "--limit", "256",
+             "--out", str(data), "--quiet"],
+            {**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, tmp_path / "prepare.log")
+        cluster.start_workers(2)
+        nodes = cluster.wait_for_nodes(3)
+        assert prepare.popen.wait(timeout=JOB_TIMEOUT_S) == 0, prepare.tail()
+        assert json.loads((data / "manifest.json").read_text())["count"] == 256
+        prepare_jobs = [j for j in cluster.state("jobs") if "prepare" in (j.get("entrypoint") or "")]
+        assert prepare_jobs and prepare_jobs[0]["status"] == "SUCCEEDED", "prepare never ran on the cluster"
+        tracking_server.wait_ready()
+
+        # train: a job on the cluster, two workers, tracking through the server.
+        checkpoints = shared / "checkpoints"
+        submission_id, output = cluster.submit(
+            ["wganctl", "train", "--data", str(data), "--width", "8", "--steps", "4", "--batch", "16",
+             "--n-critic", "1", "--workers", "2", "--log-every", "2", "--sample-every", "2",
+             "--checkpoint-every", "2", "--storage-path", str(checkpoints), "--quiet"],
+            env_vars={"MLFLOW_TRACKING_URI": tracking_server.uri}, timeout=JOB_TIMEOUT_S)
+        found = re.search(r"^run ([0-9a-f]{32}): 4 steps", output, re.MULTILINE)
+        assert found, output[-3000:]
+        run_id = found.group(1)
+
+        # The two workers ran on two different nodes of this cluster.
+        job_id = next(j["job_id"] for j in cluster.state("jobs") if j.get("submission_id") == submission_id)
+        workers = [a for a in cluster.state("actors", class_name="RayTrainWorker") if a["job_id"] == job_id]
+        worker_nodes = {a["node_id"] for a in workers}
+        assert len(workers) == 2 and len(worker_nodes) == 2, workers
+        assert worker_nodes <= {n["node_id"] for n in nodes}
+
+        # Checkpoints on the shared path.
+        assert (checkpoints / f"wganctl-{run_id}" / "checkpoint_0000004" / "checkpoint.pt").is_file()
+
+        # The run, through the server's REST API.
+        run = tracking_server.api("GET", "runs/get", params={"run_id": run_id})["run"]
+        assert run["info"]["status"] == "FINISHED"
+        assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:"), "artifacts must go through the server"
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["wganctl.completed_steps"] == "4" and tags["ray.storage_path"] == str(checkpoints)
+        experiment_id = run["info"]["experiment_id"]
+        searched = tracking_server.api("POST", "runs/search", json={"experiment_ids": [experiment_id]})
+        assert run_id in {r["info"]["run_id"] for r in searched["runs"]}
+        for key in ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_penalty"):
+            assert tracking_server.metric_steps(run_id, key) == [1, 2, 3, 4], key
+        assert tracking_server.metric_steps(run_id, "throughput/images_per_s") == [2, 4]
+        assert tracking_server.artifact_names(run_id, "samples") == ["step_000002.png", "step_000004.png"]
+        assert "loss_curves.png" in tracking_server.artifact_names(run_id, "plots")
+        grid = requests.get(f"{tracking_server.uri}/get-artifact",
+                            params={"run_uuid": run_id, "path": "samples/step_000004.png"}, timeout=30)
+        assert grid.status_code == 200 and grid.content.startswith(b"\x89PNG")
+        # `wganctl server` said what to set, keeps runs in its sqlite file and the served
+        # artifacts in its own directory, not on the nodes.
+        assert f"export MLFLOW_TRACKING_URI={tracking_server.uri}" in tracking_server.process.tail(200)
+        assert (tracking_server.workdir / "mlflow-server.db").is_file()
+        assert list((tracking_server.workdir / "mlartifacts").rglob("step_000004.png"))
+
+        # The model: resolved by `runs:/` through the server, and it samples.
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_server.uri)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*type hints", category=UserWarning)
+                model = mlflow.pyfunc.load_model(f"runs:/{run_id}/generator")
+                images = model.predict(np.random.default_rng(0).standard_normal((4, 128)).astype("float32"))
+        finally:
+            mlflow.set_tracking_uri(None)
+        assert images.shape == (4, 28, 28, 1) and images.dtype == np.uint8
+
+        # ---- evaluate: submitted the same way once pipelines/evaluate.py exists (issue: evaluate stage) ----
+        # Not a skip of this test: only this step is left out while the stage is missing.
+        if importlib.util.find_spec("pipelines.evaluate") is not None:
+            _, output = cluster.submit(
+                ["sh", "-c", f"wganctl train-classifier {data} --epochs 1 --quiet && "
+                             f"wganctl evaluate {run_id} --n 32 --metrics fid"],
+                env_vars={"MLFLOW_TRACKING_URI": tracking_server.uri}, timeout=JOB_TIMEOUT_S)
+            fid = tracking_server.metric_steps(run_id, "eval/fid")
+            assert fid, output[-3000:]
+    finally:
+        cluster.stop()
+    assert not any(node.alive() for node in cluster.nodes)
+
+
+def _expand_ranges(text: str) -> set[int]:
+    """'1-3, 7' -> {1, 2, 3, 7}."""
+    steps: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        low, _, high = part.partition("-")
+        steps.update(range(int(low), int(high or low) + 1))
+    return steps
+
+
+def test_logging_survives_a_tracking_server_outage(tracking_server, monkeypatch):
+    """SIGTERM the server mid-run, keep logging, restart it on the same port and database."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import tracking
+    from pipelines.resilient_logging import LOST_TAG, OUTAGE_TAG, BufferedMlflowClient, TrackingOutageWarning
+
+    # One attempt per send: the buffer's own retry loop, not MLflow's 4-minute backoff, bridges the outage.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    tracking_server.wait_ready()
+    client = MlflowClient(tracking_server.uri)
+    experiment = client.create_experiment(f"outage-{secrets.token_hex(4)}")
+    roomy_run = client.create_run(experiment).info.run_id
+    tight_run = client.create_run(experiment).info.run_id
+    roomy = BufferedMlflowClient(tracking_server.uri, retry_interval_s=0.5, stall_warning_s=10)
+    tight = BufferedMlflowClient(tracking_server.uri, max_pending=4, retry_interval_s=0.5, stall_warning_s=10)
+    picture = np.random.default_rng(0).integers(0, 255, (58, 58, 1), dtype=np.uint8)
+    keys = ("loss/critic", "loss/generator", "wasserstein_estimate")
+    step, slowest = 0, 0.0
+
+    def log_step() -> None:
+        """What rank 0 does at a logging step, through the product's own helpers."""
+        nonlocal step, slowest
+        step += 1
+        history = [(step, {key: float(step) for key in keys})]
+        for logger, run_id in ((roomy, roomy_run), (tight, tight_run)):
+            started = time.perf_counter()
+            logger.log_batch(run_id, metrics=tracking.metrics_batch(history, int(time.time() * 1000)),
+                             synchronous=False)
+            if step % 5 == 0:
+                tracking.log_grid(logger, run_id, picture, step)
+            slowest = max(slowest, time.perf_counter() - started)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            log_step()
+        assert roomy.flush(60) and tight.flush(60)
+
+        tracking_server.stop()  # SIGTERM
+        for _ in range(10):
+            log_step()
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while len([w for w in caught if issubclass(w.category, TrackingOutageWarning)]) < 2:
+            assert time.monotonic() < deadline, "the outage was never reported"
+            time.sleep(0.2)
+        assert roomy.pending > 0
+
+        tracking_server.start()  # same port, same database, same artifact directory
+        while not tracking_server.healthy():
+            assert tracking_server.process.popen.poll() is None, tracking_server.process.tail()
+            log_step()  # training goes on while the server is down
+            time.sleep(0.3)
+        for _ in range(5):
+            log_step()
+        assert roomy.close(timeout=120) and tight.close(timeout=120)
+
+    outage_warnings = [w for w in caught if issubclass(w.category, TrackingOutageWarning)]
+    assert len(outage_warnings) == 2, [str(w.message) for w in outage_warnings]  # once per client
+    assert slowest < 0.5, f"a logging call blocked the training loop for {slowest:.2f} s"
+    everything, grids = set(range(1, step + 1)), {s for s in range(1, step + 1) if s % 5 == 0}
+
+    # The roomy client lost nothing: every step and every grid, and the run says there was an outage.
+    for key in keys:
+        assert tracking_server.metric_steps(roomy_run, key) == sorted(everything), key
+    assert tracking_server.artifact_names(roomy_run, "samples") == [f"step_{s:06d}.png" for s in sorted(grids)]
+    tags = client.get_run(roomy_run).data.tags
+    assert tags[OUTAGE_TAG].startswith("1 tracking-server outage(s)") and "nothing was lost" in tags[OUTAGE_TAG]
+    assert LOST_TAG not in tags
+
+    # The tight client had to drop calls: the run names exactly the steps it lacks.
+    tags = client.get_run(tight_run).data.tags
+    lost = tags[LOST_TAG]
+    named = re.search(r"metrics of (\d+) steps \(([^)]*)\)", lost)
+    assert named, lost
+    lost_steps = _expand_ranges(named.group(2))
+    assert len(lost_steps) == int(named.group(1)) > 0
+    for key in keys:
+        logged = set(tracking_server.metric_steps(tight_run, key))
+        assert logged | lost_steps == everything and not logged & lost_steps, key
+    lost_grids = re.search(r"(\d+) sample grids", lost)
+    logged_grids = tracking_server.artifact_names(tight_run, "samples")
+    assert len(logged_grids) + (int(lost_grids.group(1)) if lost_grids else 0) == len(grids)
+    assert "some logging was lost" in tags[OUTAGE_TAG]
