@@ -100,7 +100,7 @@ def _train_worker_pids() -> list[int]:
 
 
 def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_session, mlflow_store, tmp_path):
-    cfg = TrainConfig(loss="wgan-gp", steps=60, width=8, z_dim=16, batch=16,
+    cfg = TrainConfig(loss="wgan-gp", steps=200, width=8, z_dim=16, batch=16,
                       log_every=1, sample_every=1000, checkpoint_every=10)
     storage = tmp_path / "ckpts"
     outcome: dict = {}
@@ -109,12 +109,24 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
     thread.start()
     client = MlflowClient()
     deadline = time.time() + 240
-    # Wait until the checkpoint at step 20 is registered: rank 0 only logs step 22 after it.
-    while time.time() < deadline:
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        if runs and any(m.step >= 22 for m in client.get_metric_history(runs[0].info.run_id, "loss/generator")):
-            break
+    runs: list = []
+
+    def registered() -> list[int]:
+        """Checkpoint steps Ray Train has registered: the ones a restart can resume from."""
+        snapshots = list(storage.glob("*/checkpoint_manager_snapshot.json"))
+        if not snapshots:
+            return []
+        try:
+            state = json.loads(snapshots[0].read_text())
+        except ValueError:  # being rewritten
+            return []
+        return [int(c["checkpoint_dir_name"].split("_")[-1]) for c in state["checkpoint_results"]]
+
+    while time.time() < deadline and max(registered(), default=0) < 20:
         time.sleep(0.2)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    last_registered = max(registered(), default=0)
+    assert last_registered >= 20, "checkpoint 20 was never registered"
     pids = _train_worker_pids()
     assert pids, "no Ray Train worker process found"
     for pid in pids:
@@ -122,14 +134,14 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
     killed_at = max(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/generator"))
     thread.join(timeout=300)
     result = outcome["result"]
-    assert result.steps == 60 and result.run_id == runs[0].info.run_id
+    assert result.steps == 200 and result.run_id == runs[0].info.run_id
 
     resumed = [int(m.value) for m in client.get_metric_history(result.run_id, "train/resumed_from_step")]
-    assert len(resumed) == 1 and resumed[0] >= 20  # restarted from a checkpoint, not from scratch
+    assert len(resumed) == 1 and resumed[0] >= last_registered  # from the newest registered checkpoint
     assert killed_at - resumed[0] <= cfg.checkpoint_every + 1  # lost at most one interval
     assert client.get_run(result.run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(result.run_id, "loss/generator")]
-    assert sorted(set(steps)) == list(range(1, 61))  # every step logged; replayed ones twice
+    assert sorted(set(steps)) == list(range(1, 201))  # every step logged; replayed ones twice
 
 
 def test_a_diverging_run_fails_in_mlflow_and_keeps_its_last_good_checkpoint(tiny_dataset, ray_session, mlflow_store, tmp_path):
