@@ -15,7 +15,8 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
    32 and 64 px (3 channels). Real batches are random tensors made once (no data loading).
    Every contender is warmed up with one step, then timed for --steps generator steps
    per round; the contenders take turns, in a rotated order each round, and the table
-   gives each one's median over the rounds and its ratio to the plain loop.
+   gives each one's median over the rounds and the median of its per-round ratios to the
+   plain loop (a contender and the plain loop run seconds apart, so load drifts cancel).
    Speed-up variants of our step, timed alongside:
    * channels_last: networks and batches in channels-last memory format;
    * compiled generator: torch.compile of the generator. The critic cannot be compiled:
@@ -26,9 +27,9 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
    on Fashion-MNIST 28 px prepared into a temporary directory (or --data), with the default
    logging interval (shortened for runs too short to hold 8 intervals). Its rate is the median
    of the run's logged `throughput/images_per_s` values without the first interval (start-up).
-   The plain loop and our step are timed at the same settings in a Ray task, before and
-   after the run, so that they get what the training worker gets: the CPU share, the torch
-   threads and the niceness (Ray starts workers at nice 15, which counts on a busy machine).
+   The plain loop and our step are timed at the same settings and torch thread count in
+   this process, alternating, before and after the run. Ray's workers run at nice 0 here,
+   not Ray's default 15, so that they compete for the CPU as this process does.
    Ray Train + MLflow / plain is the target; / ours is the pipeline's own overhead.
 """
 
@@ -131,8 +132,8 @@ def seconds(step: Step, reals: list[torch.Tensor], steps: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(steps_by_name: dict[str, Step], reals: list[torch.Tensor], steps: int, rounds: int) -> dict[str, float]:
-    """Median images/s of each contender over ``rounds`` turns, order rotated each round."""
+def measure(steps_by_name: dict[str, Step], reals: list[torch.Tensor], steps: int, rounds: int) -> dict[str, list[float]]:
+    """images/s of each contender in each of ``rounds`` turns, order rotated each round, after a warm-up step."""
     images = len(reals) * reals[0].shape[0] * steps
     for step in steps_by_name.values():
         step(reals)  # warm-up (and compilation)
@@ -141,7 +142,12 @@ def measure(steps_by_name: dict[str, Step], reals: list[torch.Tensor], steps: in
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             rates[name].append(images / seconds(steps_by_name[name], reals, steps))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return rates
+
+
+def ratio(rates: dict[str, list[float]], name: str) -> float:
+    """Median over rounds of ``name``'s rate over the plain loop's in the same round (cancels slow drifts)."""
+    return statistics.median(a / b for a, b in zip(rates[name], rates["plain loop"]))
 
 
 def real_batches(cfg: TrainConfig) -> list[torch.Tensor]:
@@ -156,21 +162,14 @@ def bench_step(sizes: list[int], width: int, steps: int, rounds: int) -> None:
     print(f"{'size':>8}  {'contender':<22} {'images/s':>9}  {'/ plain':>7}")
     for size in sizes:
         cfg = config(size, width)
+        start = time.perf_counter()
         rates = measure(contenders(cfg), real_batches(cfg), steps, rounds)
-        for name, rate in rates.items():
-            print(f"{size:>3} px {cfg.channels}c  {name:<22} {rate:>9.1f}  {rate / rates['plain loop']:>6.2f}x", flush=True)
-
-
-def loop_rates(cfg: TrainConfig, steps: int, rounds: int, threads: int | None) -> dict[str, float]:
-    """The plain loop and our step at ``cfg``, alternating; run as a Ray task beside the Ray Train run."""
-    if threads:
-        torch.set_num_threads(threads)
-    return measure({"plain loop": plain_step(cfg, *networks(cfg)), "ours": our_step(cfg, *networks(cfg))},
-                   real_batches(cfg), steps, rounds)
+        for name, values in rates.items():
+            print(f"{size:>3} px {cfg.channels}c  {name:<22} {statistics.median(values):>9.1f}  {ratio(rates, name):>6.2f}x")
+        print(f"({size} px took {time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, rounds: int, work: Path) -> None:
-    import ray
     from mlflow.tracking import MlflowClient
 
     from pipelines.prepare import prepare
@@ -180,18 +179,20 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
     print(f"\n== Ray Train, 1 worker, MLflow logging on, 28 px, {train_steps} steps ==")
     os.chdir(work)  # the MLflow store, its artifacts and Ray's results stay in the temporary directory
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    os.environ["RAY_worker_niceness"] = "0"  # Ray's default 15 starves the worker on a shared machine
     init_ray()
     if data_dir is None:
         data_dir = prepare("fashion-mnist", size=28, splits=["train"], out=str(work / "fm28"), progress=False).out
-    # the default logging interval, shortened where the run is too short for several intervals
+    # the default logging interval, shortened where the run is too short for 8 intervals
     cfg = config(28, width, steps=train_steps, log_every=min(TrainConfig.log_every, max(1, train_steps // 8)))
-    resources, threads = worker_resources(1, False, local=True)
-    task = ray.remote(loop_rates).options(num_cpus=resources["CPU"])
-    before = ray.get(task.remote(cfg, steps, rounds, threads))
+    torch.set_num_threads(worker_resources(1, False, local=True)[1])  # the worker's thread count
+    loops = {"plain loop": plain_step(cfg, *networks(cfg)), "ours": our_step(cfg, *networks(cfg))}
+    reals = real_batches(cfg)
+    before = measure(loops, reals, steps, rounds)
     start = time.perf_counter()
     result = train(cfg, data_dir, experiment="bench-train", progress=False, storage_path=str(work / "ray_results"))
     seconds = time.perf_counter() - start
-    after = ray.get(task.remote(cfg, steps, rounds, threads))
+    after = measure(loops, reals, steps, rounds)
 
     history = sorted(MlflowClient().get_metric_history(result.run_id, "throughput/images_per_s"), key=lambda m: m.step)
     steady = [m.value for m in history[1:]]
@@ -199,9 +200,10 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
     print(f"logged throughput/images_per_s by step: {', '.join(f'{m.step}: {m.value:.1f}' for m in history)}")
     print(f"Ray Train + MLflow: {rate:.1f} images/s (median of the {len(steady)} intervals after the first; "
           f"train() took {seconds:.0f} s in all)")
-    for name in before:
-        loop = statistics.median([before[name], after[name]])
-        print(f"{name + ':':<18} {loop:.1f} images/s in a Ray task (before {before[name]:.1f}, after {after[name]:.1f}); "
+    for name in loops:
+        loop = statistics.median(before[name] + after[name])
+        print(f"{name + ':':<18} {loop:.1f} images/s (median of {len(before[name])} rounds before and after: "
+              f"{statistics.median(before[name]):.1f}, {statistics.median(after[name]):.1f}); "
               f"Ray Train + MLflow / {name}: {rate / loop:.2f}x")
 
 
