@@ -15,8 +15,8 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
    32 and 64 px (3 channels). Real batches are random tensors made once (no data loading).
    Every contender is warmed up with one step, then timed for --steps generator steps
    per round; the contenders take turns, in a rotated order each round, and the table
-   gives each one's median over the rounds and the median of its per-round ratios to the
-   plain loop (a contender and the plain loop run seconds apart, so load drifts cancel).
+   gives each one's median over the rounds and the medians of its per-round ratios to the
+   plain loop and to our step (timed back to back, so slow load drifts cancel).
    Speed-up variants of our step, timed alongside:
    * channels_last: networks and batches in channels-last memory format;
    * compiled generator: torch.compile of the generator. The critic cannot be compiled:
@@ -132,7 +132,8 @@ def seconds(step: Step, reals: list[torch.Tensor], steps: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(steps_by_name: dict[str, Step], reals: list[torch.Tensor], steps: int, rounds: int) -> dict[str, list[float]]:
+def measure(steps_by_name: dict[str, Step], reals: list[torch.Tensor], steps: int,
+            rounds: int) -> dict[str, list[float]]:
     """images/s of each contender in each of ``rounds`` turns, order rotated each round, after a warm-up step."""
     images = len(reals) * reals[0].shape[0] * steps
     for step in steps_by_name.values():
@@ -145,9 +146,9 @@ def measure(steps_by_name: dict[str, Step], reals: list[torch.Tensor], steps: in
     return rates
 
 
-def ratio(rates: dict[str, list[float]], name: str) -> float:
-    """Median over rounds of ``name``'s rate over the plain loop's in the same round (cancels slow drifts)."""
-    return statistics.median(a / b for a, b in zip(rates[name], rates["plain loop"]))
+def ratio(rates: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over rounds of ``name``'s rate over ``base``'s in the same round (cancels slow drifts)."""
+    return statistics.median(a / b for a, b in zip(rates[name], rates[base]))
 
 
 def real_batches(cfg: TrainConfig) -> list[torch.Tensor]:
@@ -159,13 +160,14 @@ def bench_step(sizes: list[int], width: int, steps: int, rounds: int) -> None:
     print(f"\n== training step, width {width}, batch 64, n_critic 5: {rounds} rounds of {steps} steps, medians ==")
     if not cpu_has_bf16():
         print("(ours + bf16 autocast: skipped, this CPU has no bf16 instructions)")
-    print(f"{'size':>8}  {'contender':<22} {'images/s':>9}  {'/ plain':>7}")
+    print(f"{'size':>8}  {'contender':<22} {'images/s':>9}  {'/ plain':>7}  {'/ ours':>6}")
     for size in sizes:
         cfg = config(size, width)
         start = time.perf_counter()
         rates = measure(contenders(cfg), real_batches(cfg), steps, rounds)
         for name, values in rates.items():
-            print(f"{size:>3} px {cfg.channels}c  {name:<22} {statistics.median(values):>9.1f}  {ratio(rates, name):>6.2f}x")
+            print(f"{size:>3} px {cfg.channels}c  {name:<22} {statistics.median(values):>9.1f}  "
+                  f"{ratio(rates, name, 'plain loop'):>6.2f}x  {ratio(rates, name, 'ours'):>5.2f}x")
         print(f"({size} px took {time.perf_counter() - start:.0f} s)", flush=True)
 
 
@@ -215,7 +217,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3, quick 1)")
     parser.add_argument("--width", type=int, default=64, help="network width (DCGAN base channel count)")
     parser.add_argument("--ray-steps", type=int, default=None, help="steps of the Ray Train run (default 64, quick 8)")
-    parser.add_argument("--data", default=None, help="a prepared 28 px dataset for the Ray run (default: Fashion-MNIST, prepared here)")
+    parser.add_argument("--data", default=None,
+                        help="a prepared 28 px dataset for the Ray run (default: Fashion-MNIST, prepared here)")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
     train_steps = args.ray_steps or (8 if args.quick else 64)
