@@ -13,6 +13,9 @@ import ray
 def ray_session():
     """A real local Ray with both cores, started once: Ray start-up is the slowest thing here."""
     if not ray.is_initialized():
+        from pipelines.ray_cluster import TRAIN_POLL_INTERVAL_S
+
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_INTERVAL_S)  # as init_ray does
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
