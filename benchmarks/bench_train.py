@@ -36,6 +36,7 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -50,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wgan.config import TrainConfig  # noqa: E402
 from wgan.networks import build_critic, build_generator  # noqa: E402
+from wgan.precision import cpu_has_bf16  # noqa: E402
 from wgan.step import TrainStep, build_optimizers  # noqa: E402
 
 CHANNELS = {28: 1, 32: 3, 64: 3}
@@ -57,6 +59,7 @@ Step = Callable[[list[torch.Tensor]], None]  # one generator step on n_critic re
 
 
 def config(size: int, width: int, **overrides) -> TrainConfig:
+    overrides.setdefault("precision", "fp32")
     return TrainConfig(image_size=size, channels=CHANNELS[size], width=width, **overrides).resolved()
 
 
@@ -94,23 +97,14 @@ def plain_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Mo
 
 
 def our_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Module,
-             channels_last: bool = False, bf16: bool = False) -> Step:
+             channels_last: bool = False) -> Step:
     train_step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic))
     layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def step(reals: list[torch.Tensor]) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            train_step((real.contiguous(memory_format=layout), None) for real in reals)
+        train_step((real.contiguous(memory_format=layout), None) for real in reals)
 
     return step
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def contenders(cfg: TrainConfig) -> dict[str, Step]:
@@ -121,7 +115,7 @@ def contenders(cfg: TrainConfig) -> dict[str, Step]:
     g, d = networks(cfg)
     out["ours + compiled G"] = our_step(cfg, torch.compile(g), d)
     if cpu_has_bf16():
-        out["ours + bf16 autocast"] = our_step(cfg, *networks(cfg), bf16=True)
+        out["ours + bf16 autocast"] = our_step(dataclasses.replace(cfg, precision="bf16"), *networks(cfg))
     return out
 
 

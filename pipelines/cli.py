@@ -24,6 +24,9 @@ app = typer.Typer(
 )
 
 
+ADDRESS_HELP = "Ray cluster address: host:port, auto or ray://host:10001 (default: RAY_ADDRESS, else a local Ray)"
+
+
 @app.callback()
 def _root() -> None:
     """Train, sweep and compare Wasserstein GANs on Ray, tracked in MLflow."""
@@ -61,6 +64,7 @@ def prepare(
     force: bool = typer.Option(False, "--force", help="rebuild even if an identical dataset exists"),
     strict: bool = typer.Option(False, "--strict", help="fail on a corrupt image instead of skipping it"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Read an image dataset, resize it, and write parquet shards plus manifest.json."""
     from pipelines.prepare import prepare as run_prepare
@@ -78,6 +82,7 @@ def prepare(
         force=force,
         strict=strict,
         progress=not quiet,
+        address=address,
     )
     if result.up_to_date:
         typer.echo(f"{result.out} is up to date ({result.manifest['count']} images); use --force to rebuild it")
@@ -133,11 +138,14 @@ def train(
     log_every: Optional[int] = typer.Option(None, "--log-every", help="steps between metric flushes (25)"),
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help="steps between sample grids (250)"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="steps between checkpoints (250)"),
+    g_ema: Optional[float] = typer.Option(None, "--g-ema", help="decay of a moving average of the generator, e.g. 0.999; it then samples and is logged (0: off)"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16 or fp32"),
+    conditional: Optional[bool] = typer.Option(None, "--conditional", help="class-conditional generator and projection critic (labelled data)"),
     experiment: str = typer.Option("wganctl", "--experiment", help="MLflow experiment"),
     resume: Optional[str] = typer.Option(None, "--resume", help="MLflow run id to continue (same run, same step count)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of train options (options given here win)"),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="checkpoint storage: local dir, s3://, shared FS (./ray_results)"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker and controller logs"),
 ) -> None:
@@ -147,7 +155,8 @@ def train(
     cfg = _train_config(config, loss=loss, arch=arch, width=width, steps=steps, batch=batch, n_critic=n_critic,
                         lr=lr, lambda_gp=lambda_gp, clip=clip, critic_norm=critic_norm, z_dim=z_dim,
                         workers=workers, gpu=gpu, seed=seed, log_every=log_every, sample_every=sample_every,
-                        checkpoint_every=checkpoint_every)
+                        checkpoint_every=checkpoint_every, g_ema=g_ema, precision=precision,
+                        conditional=conditional)
     try:
         result = run_train(None if resume else cfg, data, experiment=experiment, resume=resume,
                            storage_path=storage_path, address=address, progress=not quiet,
@@ -165,11 +174,12 @@ def sample(
     n: int = typer.Option(64, "--n", help="number of images"),
     out: Path = typer.Option(Path("samples.png"), "--out", help="FILE.png (a grid) or FILE.npy (uint8 N x H x W x C)"),
     seed: int = typer.Option(0, "--seed", help="latent seed"),
+    label: Optional[int] = typer.Option(None, "--class", help="class index to draw (a --conditional run; default: classes in turn)"),
 ) -> None:
     """Draw images from a run's logged generator."""
     from pipelines.sample import sample as run_sample
 
-    typer.echo(str(run_sample(run_id, n, out, seed=seed)))
+    typer.echo(str(run_sample(run_id, n, out, seed=seed, label=label)))
 
 
 @app.command()
@@ -205,7 +215,8 @@ def tune(
     experiment: str = typer.Option("wganctl-tune", "--experiment", help="MLflow experiment"),
     register: Optional[str] = typer.Option(None, "--register", help="register the best generator under this model name"),
     resume: bool = typer.Option(False, "--resume", help="continue the experiment's interrupted sweep"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS or a local Ray)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the search: the same seed and space draw the same trials"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Sweep WGAN knobs on Ray Tune; every trial is a train run nested under one MLflow sweep run."""
     from pipelines.tune import tune_sweep
@@ -215,7 +226,7 @@ def tune(
     result = tune_sweep(data, trials=trials, space_file=str(space) if space else None, scheduler=scheduler,
                         steps=steps, reports=reports, trial_workers=trial_workers, gpus_per_trial=gpus_per_trial,
                         max_concurrent=max_concurrent, experiment=experiment, register=register, resume=resume,
-                        classifier_run=classifier, base=base, address=address)
+                        classifier_run=classifier, base=base, address=address, search_seed=seed)
     typer.echo(f"sweep run {result.parent_run_id}: {len(result.trials)} trials")
     if result.best_run_id:
         typer.echo(f"best trial run {result.best_run_id}: Frechet distance {result.best_objective:.3f} with {result.best_config}")
@@ -261,18 +272,25 @@ def train_classifier(
 def evaluate(
     run_id: str = typer.Argument(..., help="MLflow run id of a training run"),
     n: int = typer.Option(10000, "--n", help="number of samples"),
-    metrics: str = typer.Option("fid,kid,pr,coverage", "--metrics", help="comma-separated: fid, kid, pr, coverage, is"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated: fid, kid, pr, coverage, is (default fid,kid,pr,coverage; with inception fid,kid,pr,is)"),
+    features: str = typer.Option("classifier", "--features", help="classifier (the project classifier, offline) or inception (InceptionV3, numbers comparable with papers)"),
+    inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="local InceptionV3 weights for --features inception (torch-fidelity's weights-inception-2015-12-05-6726825d.pth)"),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="classifier run id (default: newest on the same dataset)"),
+    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="evaluate the run's checkpoint at this step, not its final model (logged at that step)"),
     seed: int = typer.Option(0, "--seed", help="latent and subset seed"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    gpu: bool = typer.Option(False, "--gpu/--cpu", help="one GPU per sampling/feature actor"),
 ) -> None:
-    """Measure a run's samples against its training data (FID, KID, precision/recall, class coverage); log into the run."""
+    """Measure a run's samples against its training data (FID, KID, precision/recall, class coverage, IS); log into the run."""
     from pipelines.evaluate import evaluate as run_evaluate
 
-    result = run_evaluate(run_id, n=n, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
-                          classifier_run=classifier, seed=seed)
+    chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
+    result = run_evaluate(run_id, n=n, metrics=chosen, features=features, inception_weights=inception_weights,
+                          classifier_run=classifier, seed=seed, checkpoint=checkpoint, address=address, gpu=gpu)
     for name, value in result.metrics.items():
         typer.echo(f"{name:24s} {value:.6g}")
-    typer.echo(f"classifier run {result.classifier_run}; reference features {result.reference}")
+    extractor = f"classifier run {result.classifier_run}" if result.classifier_run else "InceptionV3"
+    typer.echo(f"{extractor}; reference features {result.reference}")
 
 
 @app.command()
@@ -319,3 +337,31 @@ def server(
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+experiment_app = typer.Typer(help="Experiments built on the stages.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("augment")
+@user_errors_exit_2
+def augment(
+    data: str = typer.Option(..., "--data", help="prepared, labelled dataset with train and test splits"),
+    real_per_class: int = typer.Option(..., "--real-per-class", help="real training images per class"),
+    runs: Optional[List[str]] = typer.Option(None, "--runs", help="conditional train runs whose samples are added (one arm each); repeatable"),
+    synthetic_per_class: Optional[int] = typer.Option(None, "--synthetic-per-class", help="synthetic images per class and run (default: --real-per-class)"),
+    seeds: int = typer.Option(3, "--seeds", help="trainings per arm (the spread)"),
+    steps: int = typer.Option(1500, "--steps", help="classifier optimizer steps per training (batch 64)"),
+    experiment: str = typer.Option("wganctl-augment", "--experiment", help="MLflow experiment"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+) -> None:
+    """Train the classifier on N real images per class, alone and plus each run's samples; compare real-test accuracy."""
+    from pipelines.augment import augment_experiment
+
+    result = augment_experiment(data, real_per_class=real_per_class, runs=runs or [],
+                                synthetic_per_class=synthetic_per_class, seeds=seeds, steps=steps,
+                                experiment=experiment, address=address)
+    typer.echo(f"{'arm':<16} {'accuracy':>9} {'spread':>8}")
+    for arm, (mean, spread) in result.summary.items():
+        typer.echo(f"{arm:<16} {mean:>9.4f} {spread:>8.4f}")
+    typer.echo(f"MLflow run {result.run_id}")

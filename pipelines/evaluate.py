@@ -1,10 +1,11 @@
 """The evaluate stage: sample a logged generator, measure the samples in classifier features, log into its run.
 
 Contract (metric names, artifacts, the reference cache): docs/architecture.md, section 4.
-Everything runs in one process, without Ray tasks: sampling and the small classifier
-handle ~10^4 images in seconds on a CPU, less than a Ray start costs. The
-reference features (the run's whole prepared dataset) are computed once per
-(dataset, classifier) and cached beside the manifest.
+Sampling and feature extraction run as Ray Data batch inference
+(`pipelines.batch_inference`): actor pools over batches, on GPUs with ``gpu``, so a
+50,000-sample evaluation spreads over a cluster. The reference features (the run's
+whole prepared dataset) are computed once per (dataset, classifier) and cached
+beside the manifest.
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ from wgan.classifier import Classifier
 from wgan.data import fs as datafs
 from wgan.data.images import unpack_images
 from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
-from wgan.data.reader import ShardReader, pixels_to_tensor
 from wgan.errors import UserError
 from wgan.images import grid
 from wgan.metrics import (class_coverage, feature_statistics, frechet_distance_from_statistics, inception_score,
                           kernel_inception_distance, nearest_neighbours, precision_recall)
 from pipelines import tracking
-from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, features_and_logits, load_classifier
+from pipelines.batch_inference import (checkpoint_generator, classifier_extractor, embed_shards, inception_extractor,
+                                       latents, logged_generator, sample_and_embed)
+from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, load_classifier
+from pipelines.ray_cluster import init_ray
 from pipelines.sample import load_generator
 
 METRICS = ("fid", "kid", "pr", "coverage", "is")
-DEFAULT_METRICS = ("fid", "kid", "pr", "coverage")
-FEATURES = ("classifier",)
+FEATURES = ("classifier", "inception")
+DEFAULT_METRICS = {"classifier": ("fid", "kid", "pr", "coverage"), "inception": ("fid", "kid", "pr", "is")}
 REFERENCE_DIR = "reference"
 GRID_IMAGES = 64
 NEIGHBOUR_ROWS, NEIGHBOURS = 8, 5  # memorisation picture: 8 samples, each beside its 5 nearest training images
@@ -46,7 +49,7 @@ NEIGHBOUR_ROWS, NEIGHBOURS = 8, 5  # memorisation picture: 8 samples, each besid
 class EvaluationResult:
     run_id: str
     metrics: dict[str, float]  # as logged, "eval/..." names
-    classifier_run: str
+    classifier_run: str | None  # None with Inception features
     reference: str  # the reference-features cache file
 
 
@@ -57,64 +60,163 @@ class Reference:
     sigma: np.ndarray
 
 
-def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] = DEFAULT_METRICS,
-             features: str = "classifier", classifier_run: str | None = None, seed: int = 0) -> EvaluationResult:
-    """Sample ``n`` images from run ``run_id``'s generator, compute ``metrics`` against its training data, log them."""
+def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = None,
+             features: str = "classifier", classifier_run: str | None = None, seed: int = 0,
+             inception_weights: str | None = None, checkpoint: int | None = None, address: str | None = None,
+             gpu: bool = False) -> EvaluationResult:
+    """Sample ``n`` images from run ``run_id``'s generator, compute ``metrics`` against its training data, log them.
+
+    ``features``: ``classifier`` (the project classifier, offline) or ``inception`` (InceptionV3
+    as the literature uses it, from the local ``inception_weights`` file). ``address``: the Ray
+    cluster to sample and embed on (default RAY_ADDRESS, else a local Ray); ``gpu``: one GPU per
+    sampling/embedding actor; ``checkpoint``: evaluate the generator of the run's checkpoint at
+    that step instead of its logged model (metrics are logged at that step: a quality curve)."""
+    if features not in FEATURES:
+        raise UserError(f"unknown feature extractor {features!r}: choose from {', '.join(FEATURES)}")
+    metrics = tuple(metrics or DEFAULT_METRICS[features])
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown or not metrics:
         raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from {', '.join(METRICS)}")
-    if features not in FEATURES:
-        raise UserError(f"unknown feature extractor {features!r}: choose from {', '.join(FEATURES)}")
     if n < 20:
         raise UserError(f"--n must be at least 20 (precision/recall, KID and IS need several samples), got {n}")
+    inception = features == "inception"
+    if inception and "coverage" in metrics:
+        raise UserError("class coverage counts the project classifier's predictions: "
+                        "drop coverage from --metrics, or use --features classifier")
+    if inception and not inception_weights:
+        raise UserError("--features inception needs --inception-weights FILE: torch-fidelity's "
+                        "weights-inception-2015-12-05-6726825d.pth, downloaded where a network exists")
     client = MlflowClient(tracking.tracking_uri())
     run = tracking.get_run(client, run_id)
     if run.data.tags.get("wganctl.stage") != "train":
         raise UserError(f"MLflow run {run_id} is not a wganctl training run: give the id of one")
     data_dir = run.data.params["data_dir"]
-    manifest = _training_manifest(run, data_dir)
-    classifier_run = classifier_run or find_classifier(client, run)
-    classifier = _matching_classifier(client, classifier_run, run, manifest)
-    reference, cache = reference_features(data_dir, classifier, classifier_run, manifest)
+    manifest = _training_manifest(run, data_dir, labels_needed=not inception)
+    tags = {"eval.features": features, "eval.n": str(n), "eval.seed": str(seed), "eval.metrics": ",".join(metrics)}
+    if inception:
+        extractor = inception_extractor(inception_weights)
+        key = f"inception-{_file_sha256(inception_weights)[:16]}"
+        tags["eval.inception_weights"] = Path(inception_weights).name
+    else:
+        classifier_run = classifier_run or find_classifier(client, run)
+        extractor = classifier_extractor(_matching_classifier(client, classifier_run, run, manifest))
+        key = f"classifier-{classifier_run}"
+        tags["eval.classifier_run"] = classifier_run
+    init_ray(address)
+    reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu)
 
-    images = draw_samples(run_id, n, seed)
-    sample_features, sample_logits = features_and_logits(classifier, _batches(images))
-    results, predicted = {}, sample_logits.argmax(1)
+    if checkpoint is None:
+        generator = logged_generator(f"runs:/{run_id}/{tracking.MODEL_NAME}", tracking.tracking_uri())
+        step = int(run.data.tags.get("wganctl.completed_steps", "0"))
+    else:
+        generator, step = checkpoint_generator(_checkpoint_payload(run, checkpoint)), checkpoint
+        tags["eval.checkpoint_step"] = str(checkpoint)
+    drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu)
+    images, sample_features, sample_logits = drawn["image"], drawn["features"], drawn["logits"]
+    prefix = "eval/inception/" if inception else "eval/"
+    results = {}
     if "fid" in metrics:
-        results["eval/fid"] = frechet_distance_from_statistics(*feature_statistics(sample_features),
-                                                               reference.mu, reference.sigma)
+        results[prefix + "fid"] = frechet_distance_from_statistics(*feature_statistics(sample_features),
+                                                                   reference.mu, reference.sigma)
     if "kid" in metrics:
-        results["eval/kid_mean"], results["eval/kid_std"] = kernel_inception_distance(sample_features,
-                                                                                      reference.features, seed=seed)
+        results[prefix + "kid_mean"], results[prefix + "kid_std"] = kernel_inception_distance(
+            sample_features, reference.features, seed=seed)
     if "pr" in metrics:
         # equally sized sets, as Kynkäänniemi et al. 2019 compare them
         subset = np.random.default_rng(seed).choice(len(reference.features), min(n, len(reference.features)),
                                                     replace=False)
-        results["eval/precision"], results["eval/recall"] = precision_recall(sample_features,
-                                                                             reference.features[subset])
+        results[prefix + "precision"], results[prefix + "recall"] = precision_recall(
+            sample_features, reference.features[subset])
     if "is" in metrics:
-        probabilities = torch.from_numpy(sample_logits).softmax(1).numpy()
-        results["eval/is_mean"], results["eval/is_std"] = inception_score(probabilities)
-    coverage = class_coverage(predicted, len(manifest["class_names"]))
+        probabilities = torch.from_numpy(sample_logits).double().softmax(1).numpy()
+        results[prefix + "is_mean"], results[prefix + "is_std"] = inception_score(probabilities)
+    coverage = None if inception else class_coverage(sample_logits.argmax(1), len(manifest["class_names"]))
+    num_classes = int(run.data.params.get("num_classes", 0) or 0)
+    if num_classes and not inception:
+        # A conditional run: sample i was drawn for class i % K (pipelines.batch_inference).
+        per_class = _per_class(drawn["row"] % num_classes, sample_logits.argmax(1), sample_features,
+                               reference, dataset_labels(data_dir, manifest), manifest["class_names"])
+        results["eval/class_accuracy"] = float(np.mean([row["accuracy"] for row in per_class]))
+        results["eval/intra_fid_mean"] = float(np.mean([row["intra_fid"] for row in per_class]))
+        client.log_text(run_id, _csv(per_class), "eval/per_class.csv")
     if "coverage" in metrics:
         results["eval/coverage_classes"] = float(coverage.covered)
         results["eval/coverage_min_share"] = float(coverage.shares.min())
 
-    step = int(run.data.tags.get("wganctl.completed_steps", "0"))
-    _log_evaluation(client, run_id, results, step, tags={
-        "eval.features": features, "eval.classifier_run": classifier_run, "eval.n": str(n), "eval.seed": str(seed),
-        "eval.metrics": ",".join(metrics)})
+    _log_evaluation(client, run_id, results, step, tags=tags)
     _log_pictures(client, run_id, images, sample_features, reference.features, data_dir, manifest, coverage)
-    return EvaluationResult(run_id=run_id, metrics=results, classifier_run=classifier_run, reference=cache)
+    return EvaluationResult(run_id=run_id, metrics=results, classifier_run=tags.get("eval.classifier_run"),
+                            reference=cache)
 
 
-def _training_manifest(run, data_dir: str) -> dict:
+def dataset_labels(data_dir: str, manifest: dict) -> np.ndarray:
+    """The label of every dataset row, in row order (the reference features' order)."""
+    labels = []
+    for shard in shard_paths(data_dir, manifest):
+        filesystem, path = datafs.resolve(shard)
+        with filesystem.open_input_file(path) as handle:
+            labels.append(pq.read_table(handle, columns=["label"]).column(0).to_numpy())
+    return np.concatenate(labels)
+
+
+def _per_class(intended: np.ndarray, predicted: np.ndarray, features: np.ndarray, reference: Reference,
+               reference_labels: np.ndarray, class_names: list[str]) -> list[dict]:
+    """Per class of a conditional run: how often the classifier sees the intended class in its
+    samples, and the intra-class Frechet distance (samples of class k against real class-k rows)."""
+    rows = []
+    for k, name in enumerate(class_names):
+        mine, real = features[intended == k], reference.features[reference_labels == k]
+        intra = (frechet_distance_from_statistics(*feature_statistics(mine), *feature_statistics(real))
+                 if len(mine) > 1 and len(real) > 1 else float("nan"))
+        rows.append({"class": k, "name": name, "samples": int(len(mine)),
+                     "accuracy": float(np.mean(predicted[intended == k] == k)) if len(mine) else float("nan"),
+                     "intra_fid": intra})
+    return rows
+
+
+def _csv(rows: list[dict]) -> str:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _checkpoint_payload(run, step: int) -> dict:
+    """The run's Ray Train checkpoint at ``step`` (local or remote storage), loaded without unpickling."""
+    import ray.train
+
+    from wgan import checkpoint as ckpt
+
+    storage, name = run.data.tags.get("ray.storage_path"), run.data.tags.get("ray.run_name")
+    location = f"{storage}/{name}/checkpoint_{step:07d}"
+    filesystem, path = datafs.resolve(location)
+    if not storage or not datafs.exists(filesystem, path):
+        raise UserError(f"run {run.info.run_id} has no checkpoint at step {step} ({location}): "
+                        f"give a step it checkpointed (every checkpoint_every={run.data.params.get('checkpoint_every')})")
+    with ray.train.Checkpoint(location).as_directory() as directory:
+        return ckpt.load(directory)
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _training_manifest(run, data_dir: str, labels_needed: bool = True) -> dict:
     """The manifest of the data the run trained on; refused if the directory now holds other data."""
     manifest = load_manifest(data_dir, verify=False)
     if manifest_sha256(data_dir) != run.data.tags.get("data.manifest_sha256"):
         raise UserError(f"{data_dir} no longer holds the data run {run.info.run_id} trained on (manifest sha256 differs): "
                         f"prepare that data again at {data_dir} to evaluate against it")
-    if not manifest["class_names"]:
+    if labels_needed and not manifest["class_names"]:
         raise UserError(f"{data_dir} has no class labels: classifier features need a labelled dataset")
     return manifest
 
@@ -149,17 +251,18 @@ def _matching_classifier(client: MlflowClient, classifier_run: str, run, manifes
     return classifier
 
 
-def reference_features(data_dir: str, classifier: Classifier, classifier_run: str,
-                       manifest: dict | None = None) -> tuple[Reference, str]:
-    """Classifier features of every row of the dataset, from ``<data_dir>/reference/classifier-<run>.npz``
-    or computed and cached there; also the cache's location.
+def reference_features(data_dir: str, extractor: dict, key: str, manifest: dict | None = None,
+                       gpu: bool = False) -> tuple[Reference, str]:
+    """Features of every row of the dataset, from ``<data_dir>/reference/<key>.npz`` (key:
+    ``classifier-<run>`` or ``inception-<weights sha256[:16]>``) or computed and cached there;
+    also the cache's location.
 
     The cache stores the manifest sha256 it was computed from; a mismatch (the data was
     prepared again in place) recomputes it.
     """
     manifest = manifest or load_manifest(data_dir, verify=False)
     sha = manifest_sha256(data_dir)
-    location = datafs.join(datafs.absolute(data_dir), REFERENCE_DIR, f"classifier-{classifier_run}.npz")
+    location = datafs.join(datafs.absolute(data_dir), REFERENCE_DIR, f"{key}.npz")
     filesystem, path = datafs.resolve(location)
     if datafs.exists(filesystem, path):
         with filesystem.open_input_file(path) as handle:
@@ -167,8 +270,8 @@ def reference_features(data_dir: str, classifier: Classifier, classifier_run: st
         if str(cached["manifest_sha256"]) == sha:
             return Reference(cached["features"], cached["mu"], cached["sigma"]), location
     load_manifest(data_dir, verify=True)  # the features will be trusted from now on: check every shard once
-    reader = ShardReader(data_dir, FEATURE_BATCH, shuffle=False, manifest=manifest)
-    features, _ = features_and_logits(classifier, (images for images, _ in reader))
+    features = embed_shards(shard_paths(data_dir, manifest), manifest["size"], manifest["channels"], extractor,
+                            gpu=gpu)
     mu, sigma = feature_statistics(features)
     buffer = io.BytesIO()
     np.savez(buffer, features=features, mu=mu, sigma=sigma, manifest_sha256=np.array(sha))
@@ -182,14 +285,15 @@ def reference_features(data_dir: str, classifier: Classifier, classifier_run: st
 
 def reference_statistics(data_dir: str, classifier: Classifier, classifier_run: str) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the dataset's classifier features (cached as in ``reference_features``)."""
-    reference, _ = reference_features(data_dir, classifier, classifier_run)
+    reference, _ = reference_features(data_dir, classifier_extractor(classifier), f"classifier-{classifier_run}")
     return reference.mu, reference.sigma
 
 
 def draw_samples(run_id: str, n: int, seed: int) -> np.ndarray:
-    """(n, H, W, C) uint8 samples of the run's logged generator from latents seeded with ``seed``."""
+    """(n, H, W, C) uint8 samples of the run's logged generator, in this process: the same
+    images `evaluate` measures with ``seed`` (row i's latent comes from (seed, i))."""
     model, z_dim = load_generator(run_id)
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).numpy()
+    z = latents(seed, np.arange(n), z_dim)
     return np.concatenate([np.asarray(model.predict(z[start:start + FEATURE_BATCH]), dtype=np.uint8)
                            for start in range(0, n, FEATURE_BATCH)])
 
@@ -208,11 +312,6 @@ def read_rows(data_dir: str, manifest: dict, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def _batches(images: np.ndarray):
-    for start in range(0, len(images), FEATURE_BATCH):
-        yield pixels_to_tensor(images[start:start + FEATURE_BATCH])
-
-
 def _log_evaluation(client: MlflowClient, run_id: str, results: dict[str, float], step: int, tags: dict) -> None:
     """Metrics at the run's completed generator step (a later evaluation after `--resume` adds a point), and tags:
     tags, not params, because params are write-once and a run may be evaluated again."""
@@ -229,7 +328,8 @@ def _log_pictures(client: MlflowClient, run_id: str, images: np.ndarray, sample_
     neighbours = read_rows(data_dir, manifest, nearest.reshape(-1)).reshape(shown, NEIGHBOURS, *images.shape[1:])
     rows = np.concatenate([images[:shown, None], neighbours], axis=1).reshape(-1, *images.shape[1:])
     client.log_image(run_id, _gray_squeezed(grid(rows, nrow=NEIGHBOURS + 1)), artifact_file="eval/nearest_neighbours.png")
-    client.log_figure(run_id, _class_histogram(coverage, manifest["class_names"]), "eval/class_histogram.png")
+    if coverage is not None:
+        client.log_figure(run_id, _class_histogram(coverage, manifest["class_names"]), "eval/class_histogram.png")
 
 
 def _gray_squeezed(picture: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         labels = None
         if self.config.num_classes:
             label = (params or {}).get("label")
-            labels = (torch.full((z.shape[0],), int(label)) if label is not None
+            labels = (torch.full((z.shape[0],), int(label)) if label is not None and int(label) >= 0
                       else torch.arange(z.shape[0]) % self.config.num_classes)
         with torch.no_grad():
             return to_uint8(self.generator(z, labels))

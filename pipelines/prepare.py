@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import posixpath
 import secrets
 from collections.abc import Iterable
@@ -68,15 +69,23 @@ def prepare(
     strict: bool = False,
     progress: bool = True,
     rows_per_shard: int | None = None,
+    address: str | None = None,
 ) -> PrepareResult:
     """Prepare ``dataset`` (fashion-mnist, mnist, cifar10, stl10, or imagefolder with ``path``) into ``out``.
 
     Same parameters as an existing dataset at ``out``: nothing is done. Other
     parameters: UserError unless ``force``. Corrupt images in a folder are skipped
-    and listed in the manifest, or fail the run with ``strict``.
+    and listed in the manifest, or fail the run with ``strict``. ``address``: a Ray
+    cluster to encode on (default RAY_ADDRESS, else a local Ray); ``out`` must then be
+    storage every node sees (a shared filesystem or a pyarrow URI such as s3://).
     """
     from wgan.data.sources import load_dataset  # here, not at the top: Ray workers import this module and need no torchvision
 
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address and address.startswith("ray://"):
+        return _prepare_through_ray_client(address, dict(
+            dataset=dataset, path=path, size=size, channels=channels, splits=splits, limit=limit, seed=seed,
+            source_dir=source_dir, out=out, force=force, strict=strict, rows_per_shard=rows_per_shard))
     params = _validated_params(dataset, path, size, channels, splits, limit, seed, source_dir, strict, rows_per_shard)
     out = datafs.absolute(out or default_out(dataset, path, size))
     filesystem, out_path = datafs.resolve(out)
@@ -90,7 +99,7 @@ def prepare(
     row_bytes = size * size * params["channels"]
     plans = plan_shards(parts, rows_per_shard or rows_per_shard_for(sum(len(p) for p in parts), row_bytes))
 
-    init_ray()  # joins RAY_ADDRESS's cluster when set, else starts a local Ray; no-op if Ray is already up
+    init_ray(address)  # joins ``address`` or RAY_ADDRESS's cluster, else starts a local Ray; no-op if Ray is up
     tmp = f"{out_path}{_TMP_MARK}{secrets.token_hex(4)}"
     try:
         shards, unreadable = _encode_and_write(filesystem, tmp, parts, plans, size, params["channels"], progress)
@@ -106,6 +115,23 @@ def prepare(
         if datafs.exists(filesystem, tmp):
             filesystem.delete_dir(tmp)
     return PrepareResult(out, manifest)
+
+
+def _prepare_through_ray_client(address: str, kwargs: dict[str, Any]) -> PrepareResult:
+    """Run the whole stage as one task on the cluster: Ray Data's executor needs a core
+    worker in its driver, which a Ray Client (ray://) driver lacks, and a task has one.
+    Paths are then the cluster's: the source and ``out`` as the cluster's nodes see them."""
+    from ray.exceptions import RayTaskError
+
+    init_ray(address)
+    # 0 CPUs: the task only drives; the encoding tasks it starts take the CPUs.
+    task = ray.remote(num_cpus=0, max_retries=0)(prepare)
+    try:
+        return ray.get(task.remote(**kwargs, progress=False, address=None))
+    except RayTaskError as err:
+        if isinstance(err.cause, UserError):
+            raise err.cause from None
+        raise
 
 
 def default_out(dataset: str, path: str | None, size: int) -> str:

@@ -50,6 +50,12 @@ def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | Non
     if Path(out).suffix not in (".png", ".npy"):
         raise UserError(f"unsupported output {Path(out).name}: use a .png (grid) or .npy (uint8 N x H x W x C) file")
     model, z_dim = load_generator(run_id)
+    if label is not None:
+        classes = int(mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.params.get("num_classes", 0))
+        if not classes:
+            raise UserError(f"run {run_id} is not class-conditional: drop --class, or train with --conditional")
+        if not 0 <= label < classes:
+            raise UserError(f"--class must be in [0, {classes - 1}] for run {run_id}, got {label}")
     z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed)).numpy()
     images = model.predict(z, params={"label": label} if label is not None else None)
     return save_images(np.asarray(images, dtype=np.uint8), out)

@@ -15,6 +15,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 import wgan
+from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
 from wgan.errors import UserError
 
@@ -131,7 +132,9 @@ def log_generator_model(run_id: str, payload: dict) -> str:
     z = torch.randn(2, cfg.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "generator.pt"
-        torch.save({"config": payload["config"], "generator": payload["generator"], "step": payload["step"]}, weights)
+        # The moving-average generator when the run kept one: it is the better sampler.
+        torch.save({"config": payload["config"], "generator": ckpt.sampling_state(payload),
+                    "step": payload["step"]}, weights)
         example_out = np.zeros((2, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
         with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
             # MLflow asks for type hints on predict(); the explicit signature below is the contract.
@@ -141,7 +144,8 @@ def log_generator_model(run_id: str, payload: dict) -> str:
                 python_model=generator_model.__file__,
                 artifacts={"generator": str(weights)},
                 code_paths=[str(Path(wgan.__file__).parent)],
-                signature=infer_signature(z, example_out),
+                # params: {"label": K} draws class K from a conditional generator; -1: classes in turn
+                signature=infer_signature(z, example_out, params={"label": -1}),
                 input_example=z,
                 pip_requirements=model_requirements(),
             )

@@ -47,7 +47,11 @@ def _config_for_data(cfg: TrainConfig, manifest: dict) -> TrainConfig:
         if given is not None and given != found:
             raise UserError(f"the model's {name} {given} does not match the data's {found}: "
                             f"drop the option or prepare the data again with that {name}")
-    return dataclasses.replace(cfg, image_size=size, channels=channels)
+    classes = len(manifest.get("class_names") or [])
+    if cfg.conditional and classes < 2:
+        raise UserError(f"--conditional needs a labelled dataset with at least 2 classes; this one has {classes}: "
+                        f"prepare a labelled dataset (an image folder with one subfolder per class) or drop --conditional")
+    return dataclasses.replace(cfg, image_size=size, channels=channels, num_classes=classes if cfg.conditional else 0)
 
 
 def _resumed_config(client: MlflowClient, run_id: str, steps: int | None) -> tuple[TrainConfig, str, str]:

@@ -17,6 +17,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
@@ -53,6 +54,14 @@ def real_batches(cfg: TrainConfig, device: torch.device) -> Iterator[tuple[torch
         epoch += 1
 
 
+def grid_latents(fixed_z: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The progress grid's latents, labels and row length: 8 x 8 samples, or for a conditional
+    run one row per class, the same 8 latents in every row (so a column shows one latent's classes)."""
+    if not num_classes:
+        return fixed_z, None, 8
+    return fixed_z[:8].repeat(num_classes, 1), torch.arange(num_classes).repeat_interleave(8), 8
+
+
 def _all_finite(values: list[list[float]], device: torch.device) -> bool:
     ok = all(math.isfinite(v) for row in values for v in row)
     if dist.is_available() and dist.is_initialized():
@@ -85,6 +94,12 @@ def train_loop_per_worker(config: dict) -> None:
         g_opt.load_state_dict(payload["g_optimizer"])
         d_opt.load_state_dict(payload["d_optimizer"])
         fixed_z, start = payload["fixed_z"], payload["step"]
+    # Rank 0 keeps the moving average of the generator (--g-ema): it samples, it is logged.
+    ema = None
+    if cfg.g_ema and rank == 0:
+        ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.g_ema), use_buffers=True)
+        if restored and payload.get("generator_ema"):
+            ema.load_state_dict(payload["generator_ema"])
     # Different latents on each rank, reproducible per (seed, rank, step).
     torch.manual_seed(hash((cfg.seed, rank, start)) % 2**63)
     if restored and world == 1:
@@ -97,11 +112,14 @@ def train_loop_per_worker(config: dict) -> None:
     generator = ray.train.torch.prepare_model(generator)
     critic = ray.train.torch.prepare_model(critic)
     step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
+    sampler = ema.module if ema is not None else unwrap(generator)
     # Rank 0 logs through a queue drained by a background thread: training never waits on
     # MLflow, and a tracking-server outage is retried, warned about once, and recorded.
     client = BufferedMlflowClient(config["tracking_uri"]) if rank == 0 else None
     quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
                if config.get("objective") and rank == 0 else None)
+    if client is not None:
+        client.set_tag(run_id, "wganctl.precision", step_fn.precision)  # what "auto" became here
     if restored and client is not None:
         # Visible in the run: where a restart (worker failure or --resume) picked up.
         client.log_metric(run_id, "train/resumed_from_step", start, step=start)
@@ -114,6 +132,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     for step in range(start + 1, cfg.steps + 1):
         stats = step_fn(next(data) for _ in range(cfg.n_critic))
+        if ema is not None:
+            ema.update_parameters(unwrap(generator))
         pending.append((step, stats))
         last = step == cfg.steps
         checkpoint_now = last or step % cfg.checkpoint_every == 0
@@ -146,25 +166,24 @@ def train_loop_per_worker(config: dict) -> None:
                 except Exception:  # a full queue only drops a progress update
                     pass
             if last or step % cfg.sample_every == 0:
-                g = unwrap(generator)
-                g.eval()
+                sampler.eval()
                 with torch.no_grad():
-                    labels = (torch.arange(GRID_SAMPLES, device=device) % cfg.num_classes
-                              if cfg.num_classes else None)
-                    pictures = to_uint8(g(fixed_z.to(device), labels))
-                g.train()
-                tracking.log_grid(client, run_id, grid(pictures, nrow=8), step)
+                    z, labels, per_row = grid_latents(fixed_z, cfg.num_classes)
+                    pictures = to_uint8(sampler(z.to(device), None if labels is None else labels.to(device)))
+                sampler.train()
+                tracking.log_grid(client, run_id, grid(pictures, nrow=per_row), step)
 
         if not checkpoint_now:
             continue
         metrics = {"step": step, **history[-1][1]}
         if quality is not None:
-            metrics[objective.METRIC] = quality(unwrap(generator))
+            metrics[objective.METRIC] = quality(sampler)
             client.log_metric(run_id, objective.METRIC, metrics[objective.METRIC], step=step, synchronous=False)
         if rank == 0:
             with tempfile.TemporaryDirectory() as directory:
                 ckpt.save(directory, step=step, cfg=cfg, generator=unwrap(generator), critic=unwrap(critic),
-                          g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=fixed_z, mlflow_run_id=run_id)
+                          g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=fixed_z, mlflow_run_id=run_id,
+                          generator_ema=ema)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                                  checkpoint_dir_name=f"checkpoint_{step:07d}")
         else:

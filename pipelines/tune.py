@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -48,14 +49,25 @@ class TuneResult:
 
 
 def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experiment: str, parent_run_id: str,
-           storage_path: str, objective_spec: dict, cpus_per_worker: float) -> None:
+                  storage_path: str, objective_spec: dict, cpus_per_worker: float, tracking_uri: str) -> None:
+    import mlflow
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # The driver's tracking store, whatever this worker's environment says (Ray's workers
+    # inherit the environment of the process that started Ray, not of the sweep's driver).
+    mlflow.set_tracking_uri(tracking_uri)
     trial_id = tune.get_context().get_trial_id()
-    client = MlflowClient(tracking.tracking_uri())
+    client = MlflowClient(tracking_uri)
     earlier = client.search_runs([tracking.experiment_id(client, experiment)],
                                  filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    if earlier and earlier[0].info.status == "FINISHED":
+        # A resumed sweep whose last saved state missed this trial's end (the driver was
+        # killed first): report its result from MLflow instead of training it again.
+        history = client.get_metric_history(earlier[0].info.run_id, objective.METRIC)
+        tune.report({objective.METRIC: min((m.value for m in history), default=float("nan")),
+                     "step": int(earlier[0].data.tags.get("wganctl.completed_steps", 0))})
+        return
     chosen = {k: v for k, v in config.items() if v is not None}
     common = dict(experiment=experiment, storage_path=storage_path, max_failures=0, progress=False,
                   callbacks=[TuneReportCallback()], objective=objective_spec, cpus_per_worker=cpus_per_worker)
@@ -67,12 +79,26 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
     # Tune places a trial's children in the trial's own (tiny) placement group; the
     # TorchTrainer and its Ray Data actors must be scheduled on the cluster instead.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    ray.get(_train_task.options(scheduling_strategy=outside).remote(kwargs))
+    ray.get(_train_task.options(scheduling_strategy=outside).remote(kwargs, tracking_uri))
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _train_task(kwargs: dict) -> None:
+def _train_task(kwargs: dict, tracking_uri: str) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
     train(**kwargs)
+
+
+def _searcher(seed: int | None):
+    """Tune's default random/grid search; seeded, it draws the same trials every time (the
+    loss-specific knobs are drawn through numpy's global generator, seeded here too)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    if seed is None:
+        return None
+    np.random.seed(seed)
+    return BasicVariantGenerator(random_state=seed)
 
 
 def _scheduler(name: str, reports: int, space: dict[str, Any]):
@@ -93,14 +119,17 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
                max_concurrent: int | None = None, experiment: str = "wganctl-tune", register: str | None = None,
                resume: bool = False, classifier_run: str | None = None, objective_samples: int = 500,
                base: TrainConfig | None = None, storage_path: str | None = None,
-               address: str | None = None) -> TuneResult:
-    """Sweep train options on ``data_dir``; returns the trials table and the best trial."""
+               address: str | None = None, search_seed: int | None = None) -> TuneResult:
+    """Sweep train options on ``data_dir``; returns the trials table and the best trial.
+
+    ``search_seed`` makes the sampled trial configurations reproducible (two sweeps with the
+    same seed and space draw the same trials)."""
     if scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if scheduler == "pbt":
         raise UserError("--scheduler pbt is not available yet: use asha or none")
-    if trials < 1 or steps < reports or reports < 1:
-        raise UserError("--trials must be >= 1 and --steps >= the number of objective reports (8)")
+    if trials < 1 or reports < 1 or steps < reports:
+        raise UserError(f"--trials and --reports must be >= 1 and --steps ({steps}) >= --reports ({reports})")
     param_space = to_param_space(load_space(space_file))
     manifest = load_manifest(data_dir, verify=True)
     base = dataclasses.replace(base or TrainConfig(), steps=steps, checkpoint_every=max(1, steps // reports),
@@ -119,10 +148,9 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
     client = MlflowClient(tracking.tracking_uri())
     classifier_run = classifier_run or _latest_classifier(client, data_dir)
     classifier = load_classifier(classifier_run)
+    local = init_ray(address)
     mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
     objective_spec = objective.objective_spec(classifier, mu, sigma, objective_samples)
-
-    local = init_ray(address)
     parent_run_id, tune_path = _parent_run(client, experiment, resume, data_dir, base, trials, scheduler, storage_path)
     total_cpus = ray.cluster_resources().get("CPU", 1)
     if gpus_per_trial > 0:
@@ -137,7 +165,8 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
     trainable = tune.with_resources(
         tune.with_parameters(wganctl_trial, base=base.to_dict(), data_dir=data_dir, experiment=experiment,
                              parent_run_id=parent_run_id, storage_path=storage_path,
-                             objective_spec=objective_spec, cpus_per_worker=cpus_per_worker),
+                             objective_spec=objective_spec, cpus_per_worker=cpus_per_worker,
+                             tracking_uri=tracking.tracking_uri()),
         {"CPU": TRIAL_CPUS})
     if resume:
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False)
@@ -147,6 +176,7 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=objective.METRIC, mode="min", num_samples=trials,
                                         scheduler=_scheduler(scheduler, reports, param_space),
+                                        search_alg=_searcher(search_seed),
                                         max_concurrent_trials=concurrent),
             run_config=tune.RunConfig(name=Path(tune_path).name, storage_path=str(Path(tune_path).parent),
                                       failure_config=tune.FailureConfig(max_failures=0)),

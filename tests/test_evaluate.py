@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.classifier import features_and_logits, load_classifier, train_classifier
 from pipelines.cli import app
-from pipelines.evaluate import draw_samples, evaluate
+from pipelines.evaluate import draw_samples, evaluate, read_rows
 from pipelines.train import train
 from wgan.config import TrainConfig
 from wgan.data.reader import ShardReader, pixels_to_tensor
 from wgan.errors import UserError
 from wgan.metrics import frechet_distance
 
-TINY = TrainConfig(loss="wgan-gp", steps=4, width=8, z_dim=16, batch=16, log_every=2, sample_every=2, checkpoint_every=2)
+# class-conditional, so that the per-class metrics are measured too
+TINY = TrainConfig(loss="wgan-gp", steps=4, width=8, z_dim=16, batch=16, log_every=2, sample_every=2, checkpoint_every=2,
+                   conditional=True)
 N = 200
 
 
@@ -36,7 +41,13 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
     logged = {k: v for k, v in run.data.metrics.items() if k.startswith("eval/")}
     assert logged == pytest.approx(result.metrics)
     assert set(logged) == {"eval/fid", "eval/kid_mean", "eval/kid_std", "eval/precision", "eval/recall",
-                           "eval/coverage_classes", "eval/coverage_min_share", "eval/is_mean", "eval/is_std"}
+                           "eval/coverage_classes", "eval/coverage_min_share", "eval/is_mean", "eval/is_std",
+                           "eval/class_accuracy", "eval/intra_fid_mean"}
+    per_class = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"runs:/{run_id}/eval/per_class.csv"))))
+    assert [int(row["class"]) for row in per_class] == list(range(10))
+    assert all(int(row["samples"]) == N // 10 for row in per_class)  # sample i is drawn for class i % 10
+    assert logged["eval/class_accuracy"] == pytest.approx(np.mean([float(r["accuracy"]) for r in per_class]))
+    assert np.isfinite(logged["eval/intra_fid_mean"]) and logged["eval/intra_fid_mean"] > 0
     assert [m.step for m in client.get_metric_history(run_id, "eval/fid")] == [4]  # the run's completed step
     assert 0 <= logged["eval/precision"] <= 1 and 0 <= logged["eval/recall"] <= 1
     assert logged["eval/coverage_classes"] in range(11) and 1 <= logged["eval/is_mean"] <= 10
@@ -55,7 +66,7 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
     np.testing.assert_allclose(np.load(cache)["features"], real_features, rtol=1e-4, atol=1e-5)
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "eval")}
-    assert artifacts == {"eval/grid.png", "eval/nearest_neighbours.png", "eval/class_histogram.png"}
+    assert artifacts == {"eval/grid.png", "eval/nearest_neighbours.png", "eval/class_histogram.png", "eval/per_class.csv"}
     neighbours = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/eval/nearest_neighbours.png", dst_path=str(tmp_path))
     assert Image.open(neighbours).size == (6 * 28 + 7 * 2, 8 * 28 + 9 * 2)  # each sample beside its 5 nearest images
 
@@ -70,6 +81,14 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
     assert compared.exit_code == 0, compared.output
     assert "fid" in compared.output and run_id[:12] in compared.output
     assert Image.open(tmp_path / "compare.png").size[0] > 0
+
+    # An earlier checkpoint, evaluated in the same run at its own step: a quality curve.
+    early = evaluate(run_id, n=N, metrics=("fid",), classifier_run=classifier_run, checkpoint=2)
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "eval/fid")}
+    assert sorted(history) == [2, 4] and history[2] == pytest.approx(early.metrics["eval/fid"])
+    assert client.get_run(run_id).data.tags["eval.checkpoint_step"] == "2"
+    with pytest.raises(UserError, match="no checkpoint at step 3"):
+        evaluate(run_id, n=N, classifier_run=classifier_run, checkpoint=3)
 
     with pytest.raises(UserError, match="not a wganctl training run"):
         evaluate(classifier_run, n=N)
@@ -87,3 +106,56 @@ def test_compare_refuses_a_run_without_evaluation(mlflow_store):
         pass
     result = CliRunner().invoke(app, ["compare", run.info.run_id])
     assert result.exit_code == 2 and "wganctl evaluate" in result.output
+
+
+def random_inception_weights(directory: Path) -> Path:
+    """An InceptionV3 state dict in torch-fidelity's on-disk format, randomly initialised (the real
+    file is downloaded where a network exists; this test needs its format, not its training)."""
+    from torch_fidelity import FeatureExtractorInceptionV3
+
+    class Untrained(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True):  # keep the random initialisation
+            return None
+
+    empty = directory / "empty.pth"
+    torch.save({}, empty)
+    torch.manual_seed(0)
+    net = Untrained("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    path = directory / "weights-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_features_on_ray_data_match_torchmetrics(ray_session, tmp_path):
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    from pipelines.batch_inference import embed_shards, inception_extractor
+    from pipelines.prepare import prepare
+    from wgan.data.manifest import load_manifest, shard_paths
+
+    data = prepare("fashion-mnist", size=28, splits=["train"], limit=8, out=str(tmp_path / "fm"), progress=False).out
+    manifest = load_manifest(data)
+    weights = random_inception_weights(tmp_path)
+    ours = embed_shards(shard_paths(data, manifest), 28, 1, inception_extractor(str(weights)))
+
+    # torchmetrics' FID extractor with TF1-style resizing (antialias off) is the same network and input pipeline
+    reference = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights),
+                                   antialias=False)
+    images = torch.from_numpy(read_rows(data, manifest, np.arange(8))).permute(0, 3, 1, 2).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        theirs = reference(images.contiguous())  # one requested feature: the tensor itself
+    assert ours.shape == (8, 2048)
+    np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_inception_weights_are_checked_before_anything_runs(tmp_path):
+    from pipelines.batch_inference import inception_extractor
+
+    with pytest.raises(UserError, match="no Inception weights at"):
+        inception_extractor(str(tmp_path / "missing.pth"))
+    pickled = tmp_path / "code.pth"
+    torch.save({"fc.weight": torch.zeros(1), "extra": Path("/")}, pickled)  # a pickled object, not a tensor
+    with pytest.raises(UserError, match="not an Inception state dict that loads safely"):
+        inception_extractor(str(pickled))
+    result = CliRunner().invoke(app, ["evaluate", "0" * 32, "--features", "inception"])
+    assert result.exit_code == 2 and "--inception-weights" in result.output

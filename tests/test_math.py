@@ -139,3 +139,32 @@ def test_wgan_gp_covers_all_eight_gaussians():
     share = coverage()
     assert share.min() > 0.05, share  # every mode holds a real share of the samples
     assert share.sum() > 0.6, share   # and most samples sit on some mode
+
+
+def test_conditional_gradient_penalty_matches_finite_differences_with_labels_held_fixed():
+    torch.manual_seed(3)
+    critic = toy.ToyCritic(3, 16, num_classes=4).double()
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 1, 2, 3, 1, 0])
+    ours = losses.gradient_penalty(critic(x, labels), x)
+    reference = penalty_by_finite_differences(lambda v: critic(v, labels).unsqueeze(1), x.detach())
+    assert ours.item() > 1e-3
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-9)
+    # the label matters: the same points under other labels give another penalty
+    assert not torch.isclose(ours, losses.gradient_penalty(critic(x, (labels + 1) % 4), x))
+
+
+def test_conditional_wgan_gp_puts_each_label_on_its_own_mode():
+    torch.manual_seed(0)
+    cfg = TrainConfig(loss="wgan-gp", z_dim=2, image_size=28, channels=1, lambda_gp=0.1, lr=1e-3,
+                      betas=(0.5, 0.9), batch=128, num_classes=2).resolved()
+    G, D = toy.ToyGenerator(2, 2, 64, num_classes=2), toy.ToyCritic(2, 64, num_classes=2)
+    step = TrainStep(cfg, G, D, *build_optimizers(cfg, G, D))
+    g = torch.Generator().manual_seed(1)
+    for _ in range(200):
+        step(toy.two_labelled_gaussians(128, g) for _ in range(cfg.n_critic))
+    with torch.no_grad():
+        for label, center in enumerate(toy.TWO_LABEL_CENTERS):
+            samples = G(torch.randn(2000, 2, generator=g), torch.full((2000,), label))
+            near = (samples - center).norm(dim=1) < 0.5
+            assert near.float().mean() > 0.8, (label, near.float().mean())  # its own mode, not the other's

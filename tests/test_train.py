@@ -21,6 +21,8 @@ from pipelines.cli import app
 from pipelines.train import TrainingFailed, train
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
+from wgan.images import to_uint8
+from wgan.networks import build_generator
 from wgan.data.manifest import manifest_sha256
 
 SMALL = dict(width=8, z_dim=16, batch=16, log_every=2, sample_every=2, checkpoint_every=2)
@@ -31,7 +33,8 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 
 
 def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_session, mlflow_store, tmp_path):
-    cfg = TrainConfig(loss="wgan-gp", steps=4, **SMALL)
+    # g_ema 0.5: a moving average that differs visibly from the last weights after 4 steps
+    cfg = TrainConfig(loss="wgan-gp", steps=4, g_ema=0.5, **SMALL)
     result = train(cfg, tiny_dataset, experiment="t", progress=False)
 
     client = MlflowClient()
@@ -67,14 +70,29 @@ def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_sessi
     res = runner.invoke(app, ["sample", result.run_id, "--n", "6", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert np.load(out).shape == (6, 28, 28, 1)
+    # With --g-ema, what `wganctl sample` draws from is the averaged generator, not the last weights.
+    payload = ckpt.load(result.checkpoint_dir)
+    z = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))  # sample's latents (seed 0)
+
+    def images_of(weights: dict) -> np.ndarray:
+        generator = build_generator(ckpt.config_of(payload))
+        generator.load_state_dict(weights)
+        with torch.no_grad():
+            return to_uint8(generator.eval()(z, None))
+
+    assert params["g_ema"] == "0.5" and payload["generator_ema"] is not None
+    assert np.array_equal(np.load(out), images_of(ckpt.sampling_state(payload)))
+    assert not np.array_equal(np.load(out), images_of(payload["generator"]))
     strip = tmp_path / "interp.png"
     res = runner.invoke(app, ["interpolate", result.run_id, "--out", str(strip), "--rows", "2", "--steps", "5"])
     assert res.exit_code == 0, res.output
     assert Image.open(strip).size == (5 * 28 + 6 * 2, 2 * 28 + 3 * 2)
 
 
-def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_session, mlflow_store):
-    first = train(TrainConfig(loss="wgan", steps=2, **SMALL), tiny_dataset, experiment="t", progress=False)
+def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_session, mlflow_store, tmp_path):
+    # a class-conditional wgan run: conditioning is checked below, sharing Ray Train's start-up
+    first = train(TrainConfig(loss="wgan", steps=2, conditional=True, **SMALL), tiny_dataset, experiment="t",
+                  progress=False)
     again = train(resume=first.run_id, steps=4, progress=False)
     assert again.run_id == first.run_id and again.steps == 4
     client = MlflowClient()
@@ -83,6 +101,21 @@ def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_s
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["wganctl.completed_steps"] == "4"
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+    # Conditional: one grid row per class (10 Fashion-MNIST classes, 8 latents each), and
+    # `sample --class K` draws class K (a conditional run keeps the label in its model).
+    assert run.data.params["num_classes"] == "10" and run.data.params["conditional"] == "True"
+    grid_file = mlflow.artifacts.download_artifacts(f"runs:/{first.run_id}/samples/step_000004.png", dst_path=str(tmp_path))
+    assert Image.open(grid_file).size == (8 * 28 + 9 * 2, 10 * 28 + 11 * 2)
+    runner = CliRunner()
+    drawn = {}
+    for label in (3, 7):
+        res = runner.invoke(app, ["sample", first.run_id, "--n", "4", "--class", str(label), "--out", str(tmp_path / f"{label}.npy")])
+        assert res.exit_code == 0, res.output
+        drawn[label] = np.load(tmp_path / f"{label}.npy")
+    assert not np.array_equal(drawn[3], drawn[7])  # same latents, other class, other images
+    bad = runner.invoke(app, ["sample", first.run_id, "--class", "10", "--out", str(tmp_path / "x.png")])
+    assert bad.exit_code == 2 and "--class must be in [0, 9]" in bad.output
 
 
 def _train_worker_pids() -> list[int]:

@@ -1,10 +1,31 @@
-"""The tune stage: search spaces are checked before anything starts."""
+"""The tune stage: real Ray Tune sweeps of real train runs, tracked in a real MLflow store.
+
+On two CPUs one trial runs at a time (one CPU stays free for Ray Data), so a grid
+search runs its trials in the order given: that makes ASHA's decisions predictable.
+"""
 
 from __future__ import annotations
 
-import pytest
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from pipelines.tune import tune_sweep
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from pipelines.classifier import train_classifier
+from pipelines.cli import app
+from pipelines.tune import TRIAL_TAG, tune_sweep
+from wgan.config import TrainConfig
 from wgan.errors import UserError
 
 
@@ -16,3 +37,141 @@ def test_an_invalid_space_fails_at_once_with_the_key_path(tiny_dataset, mlflow_s
     space.write_text("lamda_gp: {uniform: [1, 10]}\n")
     with pytest.raises(UserError, match=r"space\.lamda_gp"):
         tune_sweep(tiny_dataset, space_file=str(space))
+
+
+def children(client: MlflowClient, parent_run_id: str) -> list:
+    exp = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([exp], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+def test_asha_stops_weak_trials_survives_a_diverging_one_and_registers_the_best(tiny_dataset, ray_session,
+                                                                                mlflow_store, tmp_path):
+    classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+    space = tmp_path / "space.yaml"
+    # Run in this order: a trial that learns; a barely-moving one (its samples stay the
+    # untrained generator's, far from the data); one whose lr makes Adam blow the critic
+    # up at its second step (seen: non-finite at step 2).
+    space.write_text("lr: {grid: [1.0e-3, 1.0e-9, 1.0e+4]}\nn_critic: 1\n")
+    result = tune_sweep(tiny_dataset, trials=1, space_file=str(space), scheduler="asha", steps=12, reports=3,
+                        experiment="sweep", register="best-generator", classifier_run=classifier_run,
+                        objective_samples=200, base=TrainConfig(width=8, z_dim=16, batch=16),
+                        storage_path=str(tmp_path / "ray"))
+
+    by_lr = sorted(result.trials, key=lambda row: row["lr"])
+    statuses = [(row["lr"], row["status"], row["reports"]) for row in by_lr]
+    # ASHA (rungs at reports 1 and 3): the barely-moving trial loses at the first rung.
+    assert statuses == [(1e-9, "stopped early", 1), (1e-3, "finished", 3), (1e4, "error", 0)], statuses
+    learner = by_lr[1]
+    assert result.best_run_id == learner["run_id"]
+    assert result.best_objective < by_lr[0]["objective"]
+
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["wganctl.best_run_id"] == learner["run_id"]
+    runs = {r.info.run_id: r for r in children(client, result.parent_run_id)}
+    assert set(runs) == {row["run_id"] for row in result.trials}  # every trial is a nested child run
+    assert len({r.data.tags[TRIAL_TAG] for r in runs.values()}) == 3
+    assert runs[learner["run_id"]].info.status == "FINISHED"
+    stopped = runs[by_lr[0]["run_id"]]
+    assert stopped.info.status == "KILLED" and stopped.data.tags["wganctl.early_stopped"] == "true"
+    diverged = runs[by_lr[2]["run_id"]]
+    assert diverged.info.status == "FAILED" and "non-finite" in diverged.data.tags["wganctl.failure_reason"]
+    # each child carries what a train run carries
+    learner_run = runs[learner["run_id"]]
+    assert learner_run.data.params["lr"] == "0.001" and learner_run.data.params["n_critic"] == "1"
+    assert [m.step for m in client.get_metric_history(learner["run_id"], "objective/frechet_distance")] == [4, 8, 12]
+
+    table = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"runs:/{result.parent_run_id}/trials.csv"))))
+    assert sorted(row["run_id"] for row in table) == sorted(runs)
+    assert "plots/objective_vs_hyperparameters.png" in {
+        a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+
+    version = client.get_model_version("best-generator", result.registered_version)
+    assert version.run_id == learner["run_id"]
+    model = mlflow.pyfunc.load_model(f"models:/best-generator/{result.registered_version}")
+    images = model.predict(np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32))
+    assert images.shape == (3, 28, 28, 1)
+
+
+def _processes_of(driver_pid: int) -> set[int]:
+    """The driver, everything it started (its local Ray: GCS, raylet, workers) and its session."""
+    parents: dict[int, int] = {}
+    session: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parents[int(entry.name)] = int(fields[1])
+                if os.getsid(int(entry.name)) == driver_pid:
+                    session.add(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = {driver_pid}, [driver_pid]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found | session
+
+
+def _registered_checkpoints(storage: Path, run_id: str) -> list[str]:
+    snapshot = storage / f"wganctl-{run_id}" / "checkpoint_manager_snapshot.json"
+    try:
+        return [c["checkpoint_dir_name"] for c in json.loads(snapshot.read_text())["checkpoint_results"]]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, ray_session, mlflow_store, tmp_path):
+    classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+    (tmp_path / "space.yaml").write_text("lr: {grid: [1.0e-3, 5.0e-4]}\nn_critic: 1\nz_dim: 16\n")
+    command = [str(Path(sys.executable).parent / "wganctl"), "tune", "--data", tiny_dataset, "--trials", "1",
+               "--space", "space.yaml", "--scheduler", "none", "--steps", "90", "--reports", "3", "--width", "8",
+               "--batch", "16", "--classifier", classifier_run, "--experiment", "sweep"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
+    driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient()
+    storage = tmp_path / "ray_results"
+    finished_before: dict[str, int] = {}
+    interrupted = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None:
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                      filter_string=f"tags.`{TRIAL_TAG}` != ''")
+            done = [r for r in runs if r.info.status == "FINISHED"]
+            running = [r for r in runs if r.info.status == "RUNNING" and _registered_checkpoints(storage, r.info.run_id)]
+            if done and running:
+                finished_before = {r.info.run_id: r.info.end_time for r in done}
+                interrupted = running[0].info.run_id
+                break
+            time.sleep(0.1)
+    finally:
+        for pid in _processes_of(driver.pid):  # the driver and the local Ray it started
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        driver.wait()
+    assert interrupted, "the sweep never had a finished trial and a running one with a checkpoint"
+    checkpoint_step = int(_registered_checkpoints(storage, interrupted)[-1].split("_")[-1])
+
+    # `wganctl tune --resume`, here in this process (on this session's Ray, sparing a start-up)
+    again = CliRunner().invoke(app, command[1:] + ["--resume"])
+    assert again.exit_code == 0, again.output
+    assert "2 trials" in again.output
+
+    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id],
+                              filter_string=f"tags.`{TRIAL_TAG}` != ''")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # no trial started twice
+    for run in runs:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/generator")]
+        if run.info.run_id in finished_before:  # not run again
+            assert run.info.end_time == finished_before[run.info.run_id]
+            assert steps == sorted(set(steps)) and steps[-1] == 90
+        assert run.data.tags["wganctl.completed_steps"] == "90"
+    resumed = [m.value for m in client.get_metric_history(interrupted, "train/resumed_from_step")]
+    assert resumed == [checkpoint_step]  # the running trial restarted from its checkpoint

@@ -35,7 +35,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator: nn.Module,
          critic: nn.Module, g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer,
-         fixed_z: torch.Tensor, mlflow_run_id: str | None) -> Path:
+         fixed_z: torch.Tensor, mlflow_run_id: str | None, generator_ema: nn.Module | None = None) -> Path:
     path = Path(directory) / FILENAME
     payload = {
         "format_version": FORMAT_VERSION,
@@ -48,6 +48,8 @@ def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator
         "rng": rng_state(),
         "fixed_z": fixed_z.cpu(),
         "mlflow_run_id": mlflow_run_id,
+        # torch.optim.swa_utils.AveragedModel's state: "module.<name>" weights and n_averaged.
+        "generator_ema": None if generator_ema is None else generator_ema.state_dict(),
     }
     tmp = path.with_suffix(".pt.tmp")
     torch.save(payload, tmp)
@@ -69,6 +71,14 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if payload.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} has format_version {payload.get('format_version')}, expected {FORMAT_VERSION}")
     return payload
+
+
+def sampling_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The generator weights to sample with: the moving average when the run kept one (--g-ema)."""
+    ema = payload.get("generator_ema")
+    if not ema:
+        return payload["generator"]
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
 
 
 def config_of(payload: dict[str, Any]) -> TrainConfig:

@@ -25,6 +25,7 @@ LOSSES = ("wgan-gp", "wgan", "gan")
 ARCHS = ("dcgan", "mlp")
 CRITIC_NORMS = ("none", "layer", "batch")
 IMAGE_SIZES = (28, 32, 64, 96)
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class ConfigError(UserError, ValueError):
@@ -80,7 +81,16 @@ class TrainConfig:
     log_every: int = 25
     sample_every: int = 250
     checkpoint_every: int = 250
+    # --conditional: generator and critic take the class label (a projection critic, Miyato and
+    # Koyama 2018); num_classes is then the data's class count, set from its manifest.
+    conditional: bool = False
     num_classes: int = 0
+    # Exponential moving average of the generator's weights (0: off; e.g. 0.999): the
+    # averaged generator is what grids, the objective and the logged model sample from.
+    g_ema: float = 0.0
+    # bf16: autocast the step's forward passes to bfloat16; auto: bf16 where the device
+    # has bf16 arithmetic (a CUDA GPU that supports it, a CPU with avx512_bf16/amx_bf16).
+    precision: str = "auto"
 
     def resolved(self) -> "TrainConfig":
         """Return a copy with every per-loss default filled in and all values checked."""
@@ -141,6 +151,10 @@ class TrainConfig:
             (self.batch % self.workers == 0,
              f"--batch {self.batch} does not split over {self.workers} workers: "
              f"use a batch that is a multiple of --workers"),
+            (0 <= self.g_ema < 1, f"--g-ema must be in [0, 1) (0: off), got {self.g_ema}"),
+            (self.precision in PRECISIONS,
+             f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)} "
+             f"(fp16 is not offered: bf16 needs no loss scaling)"),
             (self.log_every >= 1 and self.sample_every >= 1 and self.checkpoint_every >= 1,
              "log/sample/checkpoint intervals must be >= 1"),
         ]

@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from wgan import losses
+from wgan import losses, precision
 from wgan.config import TrainConfig
 
 
@@ -54,6 +54,9 @@ class TrainStep:
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.separate_passes = has_batch_norm(unwrap(critic))
         self._g_params = [p for p in unwrap(generator).parameters() if p.requires_grad]
+        device = next(unwrap(generator).parameters()).device
+        self.precision = precision.effective(cfg.precision, device)
+        self._autocast = lambda: precision.autocast(self.precision, device)
 
     def _latents(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=device)
@@ -66,15 +69,17 @@ class TrainStep:
     def critic_update(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg, loss = self.cfg, self.cfg.loss
         n = real.shape[0]
-        with torch.no_grad():
-            fake = unwrap(self.generator)(self._latents(n, real.device), labels)
+        with torch.no_grad(), self._autocast():
+            fake = unwrap(self.generator)(self._latents(n, real.device), labels).float()
         self.d_optimizer.zero_grad(set_to_none=True)
         penalty = real.new_zeros(())
         if self.separate_passes:
-            real_scores = self.critic(real, labels)
+            with self._autocast():
+                real_scores = self.critic(real, labels).float()
             loss_real = losses.critic_loss_real(loss, real_scores)
             loss_real.backward()
-            fake_scores = self.critic(fake, labels)
+            with self._autocast():
+                fake_scores = self.critic(fake, labels).float()
             loss_fake = losses.critic_loss_fake(loss, fake_scores)
             loss_fake.backward()
             total = loss_real.detach() + loss_fake.detach()
@@ -83,11 +88,16 @@ class TrainStep:
                 x_hat = losses.interpolates(real, fake)
                 batch = torch.cat([real, fake, x_hat])
                 both = None if labels is None else torch.cat([labels, labels, labels])
-                real_scores, fake_scores, hat_scores = self.critic(batch, both).split(n)
+                with self._autocast():
+                    scores = self.critic(batch, both).float()
+                real_scores, fake_scores, hat_scores = scores.split(n)
+                # x_hat is fp32, so its gradient (and the norm in the penalty) is fp32 too.
                 penalty = losses.gradient_penalty(hat_scores, x_hat)
             else:
                 both = None if labels is None else torch.cat([labels, labels])
-                real_scores, fake_scores = self.critic(torch.cat([real, fake]), both).split(n)
+                with self._autocast():
+                    scores = self.critic(torch.cat([real, fake]), both).float()
+                real_scores, fake_scores = scores.split(n)
             total = losses.critic_loss(loss, real_scores, fake_scores) + cfg.lambda_gp * penalty
             total.backward()
             total = total.detach()
@@ -103,8 +113,9 @@ class TrainStep:
     def generator_update(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
         labels = self._random_labels(n, device)
         self.g_optimizer.zero_grad(set_to_none=True)
-        fake = self.generator(self._latents(n, device), labels)
-        g_loss = losses.generator_loss(self.cfg.loss, unwrap(self.critic)(fake, labels))
+        with self._autocast():
+            scores = unwrap(self.critic)(self.generator(self._latents(n, device), labels), labels).float()
+        g_loss = losses.generator_loss(self.cfg.loss, scores)
         # inputs=: gradients reach the generator only; the critic's stay untouched.
         g_loss.backward(inputs=self._g_params)
         self.g_optimizer.step()

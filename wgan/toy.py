@@ -47,21 +47,43 @@ def mlp(inputs: int, outputs: int, hidden: int = 512, layers: int = 3) -> nn.Seq
 
 
 class ToyGenerator(nn.Module):
-    def __init__(self, z_dim: int = 2, out: int = 2, hidden: int = 512):
+    """With ``num_classes``, conditional: the label enters as a one-hot vector beside z."""
+
+    def __init__(self, z_dim: int = 2, out: int = 2, hidden: int = 512, num_classes: int = 0):
         super().__init__()
-        self.net = mlp(z_dim, out, hidden)
+        self.num_classes = num_classes
+        self.net = mlp(z_dim + num_classes, out, hidden)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(z)
+        return self.net(_with_labels(z, labels, self.num_classes))
 
 
 class ToyCritic(nn.Module):
-    def __init__(self, inputs: int = 2, hidden: int = 512):
+    """With ``num_classes``, conditional on a one-hot label beside x: the gradient penalty's
+    gradient is still taken w.r.t. x alone, per sample, the label held fixed."""
+
+    def __init__(self, inputs: int = 2, hidden: int = 512, num_classes: int = 0):
         super().__init__()
-        self.net = mlp(inputs, 1, hidden)
+        self.num_classes = num_classes
+        self.net = mlp(inputs + num_classes, 1, hidden)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+        return self.net(_with_labels(x, labels, self.num_classes)).squeeze(1)
+
+
+def _with_labels(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    if not num_classes:
+        return x
+    return torch.cat([x, nn.functional.one_hot(labels, num_classes).to(x.dtype)], dim=1)
+
+
+def two_labelled_gaussians(n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label 0 at (-2, 0), label 1 at (2, 0), std 0.05: a labelled set whose modes are far apart."""
+    labels = torch.randint(0, 2, (n,), generator=generator)
+    return TWO_LABEL_CENTERS[labels] + 0.05 * torch.randn(n, 2, generator=generator), labels
+
+
+TWO_LABEL_CENTERS = torch.tensor([[-2.0, 0.0], [2.0, 0.0]])
 
 
 def mode_coverage(samples: torch.Tensor, centers: torch.Tensor, radius: float) -> torch.Tensor:

@@ -1,0 +1,96 @@
+"""What ASHA saves: the same search space swept with ASHA and run to the end, side by side.
+
+Run from the repository root, with nothing else running:
+
+    .venv/bin/python benchmarks/bench_tune.py --data data/fashion-mnist-28px --classifier RUN_ID \\
+        [--trials 32] [--steps 40] [--reports 4]
+
+Both sweeps are real `wganctl tune` sweeps (`pipelines.tune.tune_sweep`) of the default
+search space (lambda, c, n_critic, lr, loss around the papers' values) with the same
+seed for Tune's sampler, so they draw the same trial configurations; one uses ASHA,
+the other no scheduler. Trials are small (width 16, batch 64, --steps generator steps,
+the objective at --reports checkpoints) so that a 2-core machine sweeps 32 of them.
+
+Printed, side by side: trial-steps spent (the generator steps each trial ran, summed),
+the best objective each sweep found (Frechet distance in the classifier's features,
+lower is better), wall-clock time, and the ratios ASHA / full; then Tune's overhead
+per trial: a trial's wall time against the training inside it (first to last logged
+step of its MLflow run), the rest being Ray Train start-up, checkpoints, the objective
+and model logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipelines import tracking  # noqa: E402
+from pipelines.tune import tune_sweep  # noqa: E402
+from wgan.config import TrainConfig  # noqa: E402
+
+
+def sweep(scheduler: str, args, storage: str) -> dict:
+    started = time.perf_counter()
+    result = tune_sweep(args.data, trials=args.trials, scheduler=scheduler, steps=args.steps, reports=args.reports,
+                        experiment=f"bench-tune-{scheduler}", classifier_run=args.classifier,
+                        base=TrainConfig(width=16, batch=64, seed=0), storage_path=storage, search_seed=args.seed)
+    wall = time.perf_counter() - started
+    client = MlflowClient(tracking.tracking_uri())
+    interval = args.steps // args.reports
+    trial_steps = sum(row["reports"] * interval for row in result.trials)
+    overheads, trainings = [], []
+    for row in result.trials:
+        if not row["run_id"]:
+            continue
+        run = client.get_run(row["run_id"])
+        history = client.get_metric_history(row["run_id"], "loss/generator")
+        if run.info.end_time and len(history) > 1:
+            training = (max(m.timestamp for m in history) - min(m.timestamp for m in history)) / 1000
+            trainings.append(training)
+            overheads.append((run.info.end_time - run.info.start_time) / 1000 - training)
+    return {"wall": wall, "trial_steps": trial_steps, "best": result.best_objective, "trials": len(result.trials),
+            "stopped": sum(row["status"] == "stopped early" for row in result.trials),
+            "errors": sum(row["status"] == "error" for row in result.trials),
+            "overhead": statistics.median(overheads) if overheads else float("nan"),
+            "training": statistics.median(trainings) if trainings else float("nan"),
+            "per_trial_wall": wall / max(1, len(result.trials))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="a prepared, labelled dataset")
+    parser.add_argument("--classifier", required=True, help="MLflow run id of `wganctl train-classifier` on it")
+    parser.add_argument("--trials", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=40, help="generator steps per trial, at most")
+    parser.add_argument("--reports", type=int, default=4, help="objective evaluations per trial (ASHA's rungs)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of Tune's sampler: both sweeps draw the same trials")
+    args = parser.parse_args()
+
+    storage = tempfile.mkdtemp(prefix="bench-tune-")
+    full = sweep("none", args, storage)
+    asha = sweep("asha", args, storage)
+    print(f"\n{args.trials} trials, {args.steps} steps each at most, objective every {args.steps // args.reports} steps "
+          f"(storage {storage}, tracking {tracking.tracking_uri()})")
+    print(f"{'':<22} {'full':>10} {'ASHA':>10} {'ASHA/full':>10}")
+    for key, label in (("trial_steps", "trial-steps"), ("wall", "wall-clock s"), ("best", "best objective (FD)")):
+        print(f"{label:<22} {full[key]:>10.4g} {asha[key]:>10.4g} {asha[key] / full[key]:>10.3f}")
+    print(f"{'stopped early':<22} {full['stopped']:>10} {asha['stopped']:>10}")
+    print(f"{'errored (diverged)':<22} {full['errors']:>10} {asha['errors']:>10}")
+    print(f"targets: ASHA trial-steps <= 0.30 x full; ASHA best within 10% of full (ratio <= 1.10)")
+    print(f"\nper trial (medians, full sweep): training {full['training']:.1f} s, run overhead "
+          f"(Ray Train start-up, checkpoints, objective, model logging) {full['overhead']:.1f} s, "
+          f"sweep wall / trials {full['per_trial_wall']:.1f} s")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")
+    main()

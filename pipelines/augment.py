@@ -1,0 +1,177 @@
+"""`wganctl experiment augment`: does a conditional GAN's data make a classifier better?
+
+The question one seed report asked: train the project classifier on (a) N real images
+per class (arm ``real``), (b) the same plus synthetic images of every class from a
+conditional WGAN-GP run (arm ``with-wgan-gp``), (c) the same plus synthetic images from
+a conditional standard-GAN run (``with-gan``; any number of runs: one arm each), over several seeds, and compare real-test
+accuracy. Every (arm, seed) training is a Ray task; the experiment is one MLflow run
+with the table (`augment.csv`), per-arm mean and spread, and a plot.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import torch
+from mlflow.tracking import MlflowClient
+
+from wgan.classifier import Classifier, ClassifierSpec, fit
+from wgan.data.manifest import load_manifest, manifest_sha256
+from wgan.data.reader import pixels_to_tensor
+from wgan.errors import UserError
+from pipelines import tracking
+from pipelines.batch_inference import latents
+from pipelines.classifier import split_manifest
+from pipelines.evaluate import dataset_labels, read_rows
+from pipelines.ray_cluster import init_ray
+from pipelines.sample import load_generator
+
+STAGE = "augment"
+BATCH = 64
+LR = 2e-3
+
+
+@dataclass
+class AugmentResult:
+    run_id: str
+    rows: list[dict]  # one per (arm, seed): arm, seed, train_images, accuracy
+    summary: dict[str, tuple[float, float]]  # arm -> (mean, standard deviation) of accuracy
+
+
+def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], synthetic_per_class: int | None = None,
+                       seeds: int = 3, steps: int = 1500, experiment: str = "wganctl-augment",
+                       address: str | None = None) -> AugmentResult:
+    """Classifier accuracy on the real test split, trained on real data alone and on real plus each run's samples."""
+    if real_per_class < 1 or seeds < 1 or steps < 1:
+        raise UserError("--real-per-class, --seeds and --steps must be >= 1")
+    synthetic_per_class = synthetic_per_class or real_per_class
+    manifest = load_manifest(data_dir, verify=True)
+    classes = manifest["class_names"]
+    if not classes or not {"train", "test"} <= set(manifest["splits"]):
+        raise UserError(f"{data_dir} needs class labels and train and test splits: prepare it without --split")
+    client = MlflowClient(tracking.tracking_uri())
+    arms = {"real": None}
+    for run_id in runs:
+        run = tracking.get_run(client, run_id)
+        if int(run.data.params.get("num_classes", 0) or 0) != len(classes):
+            raise UserError(f"run {run_id} is not a class-conditional run on {len(classes)} classes: "
+                            f"train one with `wganctl train --conditional` on this dataset")
+        if run.data.tags.get("data.dataset") != manifest.get("dataset") or int(run.data.params["image_size"]) != manifest["size"]:
+            raise UserError(f"run {run_id} was trained on other data ({run.data.tags.get('data.dataset')}, "
+                            f"{run.data.params['image_size']} px): give runs trained on {manifest.get('dataset')} "
+                            f"at {manifest['size']} px")
+        arms[f"with-{run.data.params['loss']}"] = run_id  # real images plus this run's samples
+    train_split = split_manifest(data_dir, manifest, "train")
+    train_labels = dataset_labels(data_dir, train_split)
+    too_few = [classes[k] for k in range(len(classes)) if np.sum(train_labels == k) < real_per_class]
+    if too_few:
+        raise UserError(f"--real-per-class {real_per_class} is more than the train split holds of {', '.join(too_few)}")
+    test_split = split_manifest(data_dir, manifest, "test")
+    test_images = read_rows(data_dir, test_split, np.arange(test_split["count"]))
+    test_labels = dataset_labels(data_dir, test_split)
+
+    init_ray(address)
+    spec = ClassifierSpec(channels=manifest["channels"], image_size=manifest["size"], num_classes=len(classes))
+    test_ref = ray.put((test_images, test_labels))
+    pending = {}
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        chosen = np.concatenate([rng.choice(np.flatnonzero(train_labels == k), real_per_class, replace=False)
+                                 for k in range(len(classes))])
+        real = (read_rows(data_dir, train_split, np.sort(chosen)), train_labels[np.sort(chosen)])
+        for arm, run_id in arms.items():
+            images, labels = real
+            if run_id is not None:
+                fake, fake_labels = _synthetic(run_id, synthetic_per_class, len(classes), seed)
+                images, labels = np.concatenate([images, fake]), np.concatenate([labels, fake_labels])
+            ref = _train_and_test.remote(spec.to_dict(), images, labels, test_ref, steps, seed)
+            pending[ref] = {"arm": arm, "seed": seed, "train_images": int(len(labels))}
+    rows = []
+    for ref, row in pending.items():
+        rows.append({**row, "accuracy": ray.get(ref)})
+    summary = {arm: (statistics.mean(r["accuracy"] for r in rows if r["arm"] == arm),
+                     statistics.stdev([r["accuracy"] for r in rows if r["arm"] == arm]) if seeds > 1 else 0.0)
+               for arm in arms}
+    run_id = _log(client, experiment, data_dir, manifest, dict(real_per_class=real_per_class,
+                  synthetic_per_class=synthetic_per_class, seeds=seeds, steps=steps, batch=BATCH, lr=LR,
+                  runs=",".join(runs)), arms, rows, summary)
+    return AugmentResult(run_id, rows, summary)
+
+
+def _synthetic(run_id: str, per_class: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``per_class`` samples of every class from the run's logged (conditional) generator."""
+    model, z_dim = load_generator(run_id)
+    images, labels = [], []
+    for k in range(num_classes):
+        z = latents(1000 + seed * num_classes + k, np.arange(per_class), z_dim)
+        images.append(np.asarray(model.predict(z, params={"label": k}), dtype=np.uint8))
+        labels.append(np.full(per_class, k))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@ray.remote(num_cpus=1, max_retries=0)
+def _train_and_test(spec: dict, images: np.ndarray, labels: np.ndarray, test: tuple, steps: int, seed: int) -> float:
+    """One classifier on (images, labels) for ``steps`` Adam steps, then its accuracy on the real test set."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    model = Classifier(ClassifierSpec(**spec))
+    x, y = pixels_to_tensor(images), torch.from_numpy(labels.astype(np.int64))
+    steps_per_epoch = -(-len(y) // BATCH)
+    generator = torch.Generator().manual_seed(seed)
+
+    def epoch_batches(epoch: int):
+        order = torch.randperm(len(y), generator=generator)
+        return ((x[order[i:i + BATCH]], y[order[i:i + BATCH]]) for i in range(0, len(y), BATCH))
+
+    fit(model, epoch_batches, steps_per_epoch, max(1, -(-steps // steps_per_epoch)), LR)
+    test_images, test_labels = test
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([model(pixels_to_tensor(test_images[i:i + 1000])).argmax(1)
+                               for i in range(0, len(test_labels), 1000)]).numpy()
+    return float(np.mean(predicted == test_labels))
+
+
+def _log(client: MlflowClient, experiment: str, data_dir: str, manifest: dict, params: dict, arms: dict,
+         rows: list[dict], summary: dict) -> str:
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = client.create_run(tracking.experiment_id(client, experiment), tags={
+        "wganctl.stage": STAGE, "data.manifest_sha256": manifest_sha256(data_dir), "data.dataset": str(manifest.get("dataset")),
+        "code.version": tracking.code_version(), "mlflow.runName": f"augment-{params['real_per_class']}-per-class"})
+    run_id = run.info.run_id
+    for key, value in {**params, "data_dir": data_dir}.items():
+        client.log_param(run_id, key, value)
+    for arm, source in arms.items():
+        if source:
+            client.set_tag(run_id, f"arm.{arm}", source)
+        mean, spread = summary[arm]
+        client.log_metric(run_id, f"accuracy/{arm}/mean", mean)
+        client.log_metric(run_id, f"accuracy/{arm}/std", spread)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["arm", "seed", "train_images", "accuracy"])
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["arm"], r["seed"])))
+    client.log_text(run_id, buffer.getvalue(), "augment.csv")
+    fig, ax = plt.subplots(figsize=(1.8 * len(arms) + 1, 3.2))
+    names = list(arms)
+    ax.bar(range(len(names)), [summary[a][0] for a in names], yerr=[summary[a][1] for a in names], capsize=4)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("real test accuracy")
+    low = min(r["accuracy"] for r in rows)
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(r["accuracy"] for r in rows) + 0.02))
+    ax.set_title(f"{params['real_per_class']} real images per class, {params['seeds']} seeds")
+    fig.tight_layout()
+    client.log_figure(run_id, fig, "augment.png")
+    plt.close(fig)
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
