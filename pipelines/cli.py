@@ -279,7 +279,7 @@ def evaluate(
     checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="evaluate the run's checkpoint at this step, not its final model (logged at that step)"),
     seed: int = typer.Option(0, "--seed", help="latent and subset seed"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    gpu: bool = typer.Option(False, "--gpu/--cpu", help="one GPU per sampling/feature actor"),
+    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per sampling/feature actor (default: when the cluster has GPUs)"),
 ) -> None:
     """Measure a run's samples against its training data (FID, KID, precision/recall, class coverage, IS); log into the run."""
     from pipelines.evaluate import evaluate as run_evaluate

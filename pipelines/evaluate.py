@@ -63,13 +63,13 @@ class Reference:
 def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = None,
              features: str = "classifier", classifier_run: str | None = None, seed: int = 0,
              inception_weights: str | None = None, checkpoint: int | None = None, address: str | None = None,
-             gpu: bool = False) -> EvaluationResult:
+             gpu: bool | None = None) -> EvaluationResult:
     """Sample ``n`` images from run ``run_id``'s generator, compute ``metrics`` against its training data, log them.
 
     ``features``: ``classifier`` (the project classifier, offline) or ``inception`` (InceptionV3
     as the literature uses it, from the local ``inception_weights`` file). ``address``: the Ray
     cluster to sample and embed on (default RAY_ADDRESS, else a local Ray); ``gpu``: one GPU per
-    sampling/embedding actor; ``checkpoint``: evaluate the generator of the run's checkpoint at
+    sampling/embedding actor (default: when the cluster has GPUs); ``checkpoint``: evaluate the generator of the run's checkpoint at
     that step instead of its logged model (metrics are logged at that step: a quality curve)."""
     if features not in FEATURES:
         raise UserError(f"unknown feature extractor {features!r}: choose from {', '.join(FEATURES)}")
@@ -103,6 +103,10 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         key = f"classifier-{classifier_run}"
         tags["eval.classifier_run"] = classifier_run
     init_ray(address)
+    if gpu is None:
+        import ray
+
+        gpu = ray.cluster_resources().get("GPU", 0) > 0
     reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu)
 
     if checkpoint is None:
