@@ -85,7 +85,7 @@ def main() -> None:
         print(f"{label:<22} {full[key]:>10.4g} {asha[key]:>10.4g} {asha[key] / full[key]:>10.3f}")
     print(f"{'stopped early':<22} {full['stopped']:>10} {asha['stopped']:>10}")
     print(f"{'errored (diverged)':<22} {full['errors']:>10} {asha['errors']:>10}")
-    print(f"targets: ASHA trial-steps <= 0.30 x full; ASHA best within 10% of full (ratio <= 1.10)")
+    print("targets: ASHA trial-steps <= 0.30 x full; ASHA best within 10% of full (ratio <= 1.10)")
     print(f"\nper trial (medians, full sweep): training {full['training']:.1f} s, run overhead "
           f"(Ray Train start-up, checkpoints, objective, model logging) {full['overhead']:.1f} s, "
           f"sweep wall / trials {full['per_trial_wall']:.1f} s")

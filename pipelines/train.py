@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
