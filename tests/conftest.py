@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import mlflow
 import pytest
@@ -16,9 +17,35 @@ def ray_session():
         from pipelines.ray_cluster import TRAIN_POLL_INTERVAL_S
 
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_INTERVAL_S)  # as init_ray does
-        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False)
+        # The dashboard too, as init_ray starts it: Ray Train's cleaner of dead runs needs it.
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=True, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def ray_resources_released():
+    """After each test, wait until the session's Ray has every CPU back.
+
+    A test that leaves a train worker, an actor pool or a placement group behind would
+    otherwise make a later test wait forever for CPUs (a sweep's trial hung 8 minutes in
+    CI): fail here instead, naming what is still held.
+    """
+    yield
+    if not ray.is_initialized():
+        return
+    deadline = time.time() + 60
+    while True:
+        total, free = ray.cluster_resources().get("CPU", 0), ray.available_resources().get("CPU", 0)
+        if free >= total - 1e-6:
+            return
+        if time.time() > deadline:
+            break
+        time.sleep(0.25)
+    held = [(pg_id[:8], pg["strategy"], pg["bundles"]) for pg_id, pg in ray.util.placement_group_table().items()
+            if pg["state"] != "REMOVED"]
+    pytest.fail(f"Ray still holds {total - free:g} of {total:g} CPUs 60 s after the test; "
+                f"placement groups not removed: {held}")
 
 
 @pytest.fixture

@@ -172,7 +172,10 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
 
     resumed = [int(m.value) for m in client.get_metric_history(result.run_id, "train/resumed_from_step")]
     assert len(resumed) == 1 and resumed[0] >= last_registered  # from the newest registered checkpoint
-    assert killed_at - resumed[0] <= cfg.checkpoint_every + 1  # lost at most one interval
+    # A worker's report waits for the controller to collect the one before it, so at the kill
+    # at most one written checkpoint is not yet registered (seen: killed at 32 with 30 written,
+    # 20 registered): at most two intervals are replayed.
+    assert killed_at - resumed[0] <= 2 * cfg.checkpoint_every + 1
     assert client.get_run(result.run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(result.run_id, "loss/generator")]
     assert sorted(set(steps)) == list(range(1, 101))  # every step logged; replayed ones twice
@@ -196,3 +199,35 @@ def test_a_diverging_run_fails_in_mlflow_and_keeps_its_last_good_checkpoint(tiny
     assert 1 <= payload["step"] < 200
     for name in ("generator", "critic"):
         assert all(torch.isfinite(v).all() for v in payload[name].values() if v.is_floating_point()), name
+
+
+def test_a_killed_train_driver_gives_its_cpus_back(tiny_dataset, ray_session, mlflow_store, tmp_path):
+    """What a sweep does to a trial that early stopping ends: the process driving the train
+    (here a Ray task, as each tune trial's is) dies mid-run. Ray Train's own cleaner must
+    then free the workers' placement group; it finds the dead driver through Ray's state
+    API, which needs the dashboard (seen in CI without it: the CPUs stayed held and the
+    sweep's next trial waited for them until the 10-minute timeout)."""
+    import ray
+
+    cfg = TrainConfig(loss="wgan-gp", steps=100_000, width=8, z_dim=16, batch=16, n_critic=1,
+                      log_every=1, sample_every=100_000, checkpoint_every=100_000)
+    driver = ray.remote(num_cpus=0, max_retries=0)(
+        lambda: (mlflow.set_tracking_uri(mlflow_store),
+                 train(cfg, tiny_dataset, experiment="t", storage_path=str(tmp_path / "ckpts"), progress=False)))
+    task = driver.remote()
+    client = MlflowClient()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if runs and client.get_metric_history(runs[0].info.run_id, "loss/generator"):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the train never logged a step")
+    total = ray.cluster_resources()["CPU"]
+    assert ray.available_resources().get("CPU", 0) < total  # its workers hold CPUs
+    ray.cancel(task, force=True)  # kills the driving process, as Tune kills a stopped trial's
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
+        time.sleep(0.25)
+    assert ray.available_resources().get("CPU", 0) == total, "the killed run's workers still hold CPUs"
