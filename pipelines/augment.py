@@ -4,8 +4,11 @@ The question one seed report asked: train the project classifier on (a) N real i
 per class (arm ``real``), (b) the same plus synthetic images of every class from a
 conditional WGAN-GP run (arm ``with-wgan-gp``), (c) the same plus synthetic images from
 a conditional standard-GAN run (``with-gan``; any number of runs: one arm each), over several seeds, and compare real-test
-accuracy. Every (arm, seed) training is a Ray task; the experiment is one MLflow run
-with the table (`augment.csv`), per-arm mean and spread, and a plot.
+accuracy. Each run also gets a synthetic-only arm (``only-<loss>``): its accuracy is the
+classification accuracy score (CAS, Ravuri and Vinyals 2019), logged on the run as
+``eval/classification_accuracy_score``. Every (arm, seed) training is a Ray task; the
+experiment is one MLflow run with the table (`augment.csv`), per-arm mean and spread,
+and a plot.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
     if not classes or not {"train", "test"} <= set(manifest["splits"]):
         raise UserError(f"{data_dir} needs class labels and train and test splits: prepare it without --split")
     client = MlflowClient(tracking.tracking_uri())
-    arms = {"real": None}
+    arms: dict[str, tuple[str | None, bool]] = {"real": (None, True)}  # arm -> (generator run, real images in)
     for run_id in runs:
         run = tracking.get_run(client, run_id)
         if int(run.data.params.get("num_classes", 0) or 0) != len(classes):
@@ -64,7 +67,8 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
             raise UserError(f"run {run_id} was trained on other data ({run.data.tags.get('data.dataset')}, "
                             f"{run.data.params['image_size']} px): give runs trained on {manifest.get('dataset')} "
                             f"at {manifest['size']} px")
-        arms[f"with-{run.data.params['loss']}"] = run_id  # real images plus this run's samples
+        arms[f"with-{run.data.params['loss']}"] = (run_id, True)  # real images plus this run's samples
+        arms[f"only-{run.data.params['loss']}"] = (run_id, False)  # its samples alone: the CAS
     train_split = split_manifest(data_dir, manifest, "train")
     train_labels = dataset_labels(data_dir, train_split)
     too_few = [classes[k] for k in range(len(classes)) if np.sum(train_labels == k) < real_per_class]
@@ -83,11 +87,10 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
         chosen = np.concatenate([rng.choice(np.flatnonzero(train_labels == k), real_per_class, replace=False)
                                  for k in range(len(classes))])
         real = (read_rows(data_dir, train_split, np.sort(chosen)), train_labels[np.sort(chosen)])
-        for arm, run_id in arms.items():
-            images, labels = real
-            if run_id is not None:
-                fake, fake_labels = _synthetic(run_id, synthetic_per_class, len(classes), seed)
-                images, labels = np.concatenate([images, fake]), np.concatenate([labels, fake_labels])
+        synthetic = {run_id: _synthetic(run_id, synthetic_per_class, len(classes), seed) for run_id in runs}
+        for arm, (run_id, with_real) in arms.items():
+            parts = ([real] if with_real else []) + ([synthetic[run_id]] if run_id else [])
+            images, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             ref = _train_and_test.remote(spec.to_dict(), images, labels, test_ref, steps, seed)
             pending[ref] = {"arm": arm, "seed": seed, "train_images": int(len(labels))}
     rows = []
@@ -99,6 +102,9 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
     run_id = _log(client, experiment, data_dir, manifest, dict(real_per_class=real_per_class,
                   synthetic_per_class=synthetic_per_class, seeds=seeds, steps=steps, batch=BATCH, lr=LR,
                   runs=",".join(runs)), arms, rows, summary)
+    for arm, (source, with_real) in arms.items():
+        if source and not with_real:
+            client.log_metric(source, "eval/classification_accuracy_score", summary[arm][0])
     return AugmentResult(run_id, rows, summary)
 
 
@@ -151,7 +157,7 @@ def _log(client: MlflowClient, experiment: str, data_dir: str, manifest: dict, p
     run_id = run.info.run_id
     for key, value in {**params, "data_dir": data_dir}.items():
         client.log_param(run_id, key, value)
-    for arm, source in arms.items():
+    for arm, (source, _) in arms.items():
         if source:
             client.set_tag(run_id, f"arm.{arm}", source)
         mean, spread = summary[arm]

@@ -59,15 +59,16 @@ def conditional_run(data_dir: str, loss: str, tmp_path: Path) -> str:
     return run_id
 
 
-def test_augment_runs_three_arms_as_ray_tasks_into_one_mlflow_run(labelled_with_test, ray_session, mlflow_store,
+def test_augment_runs_its_arms_as_ray_tasks_into_one_mlflow_run(labelled_with_test, ray_session, mlflow_store,
                                                                   tmp_path):
     wgan_gp = conditional_run(labelled_with_test, "wgan-gp", tmp_path)
     gan = conditional_run(labelled_with_test, "gan", tmp_path)
 
     result = augment_experiment(labelled_with_test, real_per_class=3, runs=[wgan_gp, gan], synthetic_per_class=2,
                                 seeds=2, steps=20)
-    assert set(result.summary) == {"real", "with-wgan-gp", "with-gan"}
+    assert set(result.summary) == {"real", "with-wgan-gp", "with-gan", "only-wgan-gp", "only-gan"}
     assert sorted((r["arm"], r["seed"], r["train_images"]) for r in result.rows) == [
+        ("only-gan", 0, 20), ("only-gan", 1, 20), ("only-wgan-gp", 0, 20), ("only-wgan-gp", 1, 20),
         ("real", 0, 30), ("real", 1, 30), ("with-gan", 0, 50), ("with-gan", 1, 50),
         ("with-wgan-gp", 0, 50), ("with-wgan-gp", 1, 50)]
     assert all(0 <= r["accuracy"] <= 1 for r in result.rows)
@@ -77,7 +78,10 @@ def test_augment_runs_three_arms_as_ray_tasks_into_one_mlflow_run(labelled_with_
     assert run.info.status == "FINISHED" and run.data.tags["arm.with-gan"] == gan
     assert run.data.metrics["accuracy/with-wgan-gp/mean"] == pytest.approx(result.summary["with-wgan-gp"][0])
     table = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"runs:/{result.run_id}/augment.csv"))))
-    assert len(table) == 6
+    assert len(table) == 10
+    # the synthetic-only arm is the generator's classification accuracy score, kept on its run too
+    assert client.get_run(gan).data.metrics["eval/classification_accuracy_score"] == pytest.approx(
+        result.summary["only-gan"][0])
     assert {a.path for a in client.list_artifacts(result.run_id)} >= {"augment.csv", "augment.png"}
 
     with pytest.raises(UserError, match="more than the train split holds"):
