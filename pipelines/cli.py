@@ -10,11 +10,14 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from wgan.errors import UserError
+
+if TYPE_CHECKING:  # the CLI imports the library lazily, to start fast
+    from wgan.config import TrainConfig
 
 app = typer.Typer(
     name="wganctl",
@@ -140,7 +143,8 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="steps between checkpoints (250)"),
     g_ema: Optional[float] = typer.Option(None, "--g-ema", help="decay of a moving average of the generator, e.g. 0.999; it then samples and is logged (0: off)"),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16 or fp32"),
-    conditional: Optional[bool] = typer.Option(None, "--conditional", help="class-conditional generator and projection critic (labelled data)"),
+    conditional: Optional[bool] = typer.Option(None, "--conditional", help="class-conditional generator and critic (labelled data)"),
+    conditioning: Optional[str] = typer.Option(None, "--conditioning", help="how a conditional critic uses the label: projection (default) or aux (auxiliary classifier)"),
     experiment: str = typer.Option("wganctl", "--experiment", help="MLflow experiment"),
     resume: Optional[str] = typer.Option(None, "--resume", help="MLflow run id to continue (same run, same step count)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of train options (options given here win)"),
@@ -156,7 +160,7 @@ def train(
                         lr=lr, lambda_gp=lambda_gp, clip=clip, critic_norm=critic_norm, z_dim=z_dim,
                         workers=workers, gpu=gpu, seed=seed, log_every=log_every, sample_every=sample_every,
                         checkpoint_every=checkpoint_every, g_ema=g_ema, precision=precision,
-                        conditional=conditional)
+                        conditional=conditional, conditioning=conditioning)
     try:
         result = run_train(None if resume else cfg, data, experiment=experiment, resume=resume,
                            storage_path=storage_path, address=address, progress=not quiet,

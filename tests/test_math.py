@@ -1,5 +1,6 @@
 """The losses' mathematics against known answers (Arjovsky et al. 2017; Gulrajani et al. 2017)."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -154,11 +155,12 @@ def test_conditional_gradient_penalty_matches_finite_differences_with_labels_hel
     assert not torch.isclose(ours, losses.gradient_penalty(critic(x, (labels + 1) % 4), x))
 
 
-def test_conditional_wgan_gp_puts_each_label_on_its_own_mode():
+@pytest.mark.parametrize("conditioning", ["projection", "aux"])
+def test_conditional_wgan_gp_puts_each_label_on_its_own_mode(conditioning):
     torch.manual_seed(0)
     cfg = TrainConfig(loss="wgan-gp", z_dim=2, image_size=28, channels=1, lambda_gp=0.1, lr=1e-3,
-                      betas=(0.5, 0.9), batch=128, num_classes=2).resolved()
-    G, D = toy.ToyGenerator(2, 2, 64, num_classes=2), toy.ToyCritic(2, 64, num_classes=2)
+                      betas=(0.5, 0.9), batch=128, num_classes=2, conditioning=conditioning).resolved()
+    G, D = toy.ToyGenerator(2, 2, 64, num_classes=2), toy.ToyCritic(2, 64, num_classes=2, conditioning=conditioning)
     step = TrainStep(cfg, G, D, *build_optimizers(cfg, G, D))
     g = torch.Generator().manual_seed(1)
     for _ in range(200):

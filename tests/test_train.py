@@ -90,9 +90,10 @@ def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_sessi
 
 
 def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_session, mlflow_store, tmp_path):
-    # a class-conditional wgan run: conditioning is checked below, sharing Ray Train's start-up
-    first = train(TrainConfig(loss="wgan", steps=2, conditional=True, **SMALL), tiny_dataset, experiment="t",
-                  progress=False)
+    # a class-conditional wgan run with an auxiliary-classifier critic (the projection critic is
+    # the evaluate test's): conditioning is checked below, sharing Ray Train's start-up
+    first = train(TrainConfig(loss="wgan", steps=2, conditional=True, conditioning="aux", **SMALL), tiny_dataset,
+                  experiment="t", progress=False)
     again = train(resume=first.run_id, steps=4, progress=False)
     assert again.run_id == first.run_id and again.steps == 4
     client = MlflowClient()
@@ -105,6 +106,8 @@ def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_s
     # Conditional: one grid row per class (10 Fashion-MNIST classes, 8 latents each), and
     # `sample --class K` draws class K (a conditional run keeps the label in its model).
     assert run.data.params["num_classes"] == "10" and run.data.params["conditional"] == "True"
+    assert run.data.params["conditioning"] == "aux"
+    assert metric_steps(client, first.run_id, "loss/critic_class") == [1, 2, 3, 4]  # the classifier head's loss
     grid_file = mlflow.artifacts.download_artifacts(f"runs:/{first.run_id}/samples/step_000004.png", dst_path=str(tmp_path))
     assert Image.open(grid_file).size == (8 * 28 + 9 * 2, 10 * 28 + 11 * 2)
     runner = CliRunner()

@@ -26,6 +26,7 @@ ARCHS = ("dcgan", "mlp")
 CRITIC_NORMS = ("none", "layer", "batch")
 IMAGE_SIZES = (28, 32, 64, 96)
 PRECISIONS = ("auto", "bf16", "fp32")
+CONDITIONINGS = ("projection", "aux")
 
 
 class ConfigError(UserError, ValueError):
@@ -81,10 +82,13 @@ class TrainConfig:
     log_every: int = 25
     sample_every: int = 250
     checkpoint_every: int = 250
-    # --conditional: generator and critic take the class label (a projection critic, Miyato and
-    # Koyama 2018); num_classes is then the data's class count, set from its manifest.
+    # --conditional: generator and critic take the class label; num_classes is then the
+    # data's class count, set from its manifest. The critic uses the label through
+    # "projection" (Miyato and Koyama 2018) or "aux", an auxiliary classifier head (Odena et
+    # al. 2017), as in the WGAN-GP paper's conditional CIFAR-10 model.
     conditional: bool = False
     num_classes: int = 0
+    conditioning: str = "projection"
     # Exponential moving average of the generator's weights (0: off; e.g. 0.999): the
     # averaged generator is what grids, the objective and the logged model sample from.
     g_ema: float = 0.0
@@ -151,6 +155,8 @@ class TrainConfig:
             (self.batch % self.workers == 0,
              f"--batch {self.batch} does not split over {self.workers} workers: "
              f"use a batch that is a multiple of --workers"),
+            (self.conditioning in CONDITIONINGS,
+             f"unknown conditioning {self.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}"),
             (0 <= self.g_ema < 1, f"--g-ema must be in [0, 1) (0: off), got {self.g_ema}"),
             (self.precision in PRECISIONS,
              f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)} "

@@ -60,6 +60,18 @@ def generator_loss(loss: str, fake_scores: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_scores).mean()
 
 
+# Auxiliary-classifier weights of the WGAN-GP authors' conditional CIFAR-10 code
+# (Gulrajani et al. 2017, gan_cifar_resnet.py: ACGAN_SCALE 1, ACGAN_SCALE_G 0.1).
+AUX_CRITIC_WEIGHT = 1.0
+AUX_GENERATOR_WEIGHT = 0.1
+
+
+def class_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of an auxiliary classifier head (Odena et al. 2017): the critic's on
+    real images with their labels, the generator's on its samples with the labels asked for."""
+    return F.cross_entropy(logits.float(), labels)
+
+
 @torch.no_grad()
 def clip_weights(critic: torch.nn.Module, c: float) -> None:
     """Clamp every critic parameter to [-c, c] (Arjovsky et al. 2017, Alg. 1, line 7)."""

@@ -95,11 +95,15 @@ class MLPGenerator(nn.Module):
 class DCGANCritic(nn.Module):
     """Strided convolutions, LeakyReLU(0.2), no sigmoid: outputs an unbounded score.
 
-    With ``num_classes`` it is a projection critic (Miyato and Koyama 2018):
-    score = linear(phi(x)) + <embed(y), phi(x)>.
+    With ``num_classes`` and ``conditioning="projection"`` it is a projection critic
+    (Miyato and Koyama 2018): score = linear(phi(x)) + <embed(y), phi(x)>. With
+    ``conditioning="aux"`` the score ignores the label and a second head classifies
+    phi(x) (Odena et al. 2017): forward then returns ``(score, class_logits)``, one
+    forward for both so that DistributedDataParallel sees every parameter used.
     """
 
-    def __init__(self, channels: int, image_size: int, width: int, norm: str, num_classes: int = 0):
+    def __init__(self, channels: int, image_size: int, width: int, norm: str, num_classes: int = 0,
+                 conditioning: str = "projection"):
         super().__init__()
         base, doublings = _base_and_doublings(image_size)
         layers: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
@@ -114,13 +118,16 @@ class DCGANCritic(nn.Module):
         self.features = nn.Sequential(*layers, nn.Flatten())
         feat = ch * base * base
         self.head = nn.Linear(feat, 1)
-        self.embed = nn.Embedding(num_classes, feat) if num_classes else None
+        self.embed = nn.Embedding(num_classes, feat) if num_classes and conditioning == "projection" else None
+        self.classify = nn.Linear(feat, num_classes) if num_classes and conditioning == "aux" else None
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
         h = self.features(x)
         score = self.head(h).squeeze(1)
         if self.embed is not None:
             score = score + (self.embed(labels) * h).sum(1)
+        if self.classify is not None:
+            return score, self.classify(h)
         return score
 
 
@@ -131,4 +138,4 @@ def build_generator(cfg: TrainConfig) -> nn.Module:
 
 
 def build_critic(cfg: TrainConfig) -> nn.Module:
-    return DCGANCritic(cfg.channels, cfg.image_size, cfg.width, cfg.critic_norm, cfg.num_classes)
+    return DCGANCritic(cfg.channels, cfg.image_size, cfg.width, cfg.critic_norm, cfg.num_classes, cfg.conditioning)

@@ -33,6 +33,14 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
+def scores_and_logits(output) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A critic's output as fp32 (scores, class logits or None): an auxiliary-classifier
+    critic returns both, every other critic scores only."""
+    if isinstance(output, tuple):
+        return output[0].float(), output[1].float()
+    return output.float(), None
+
+
 def has_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
@@ -76,18 +84,21 @@ class TrainStep:
         penalty = real.new_zeros(())
         if self.separate_passes:
             with self._autocast():
-                real_scores = self.critic(real, labels).float()
+                real_scores, real_logits = scores_and_logits(self.critic(real, labels))
             loss_real = losses.critic_loss_real(loss, real_scores)
+            if real_logits is not None:
+                class_cost = losses.class_loss(real_logits, labels)
+                loss_real = loss_real + losses.AUX_CRITIC_WEIGHT * class_cost
             loss_real.backward()
             with self._autocast():
-                fake_scores = self.critic(fake, labels).float()
+                fake_scores, _ = scores_and_logits(self.critic(fake, labels))
             loss_fake = losses.critic_loss_fake(loss, fake_scores)
             loss_fake.backward()
             total = loss_real.detach() + loss_fake.detach()
         else:
             both = None if labels is None else torch.cat([labels, labels])
             with self._autocast():
-                scores = self.critic(torch.cat([real, fake]), both).float()
+                scores, logits = scores_and_logits(self.critic(torch.cat([real, fake]), both))
             real_scores, fake_scores = scores.split(n)
             if loss == "wgan-gp":
                 # The interpolates get a forward of their own, through the unwrapped critic:
@@ -98,16 +109,21 @@ class TrainStep:
                 # each parameter's accumulated gradient once, in the one backward below.
                 x_hat = losses.interpolates(real, fake)
                 with self._autocast():
-                    hat_scores = unwrap(self.critic)(x_hat, labels).float()
+                    hat_scores, _ = scores_and_logits(unwrap(self.critic)(x_hat, labels))
                 # x_hat is fp32, so its gradient (and the norm in the penalty) is fp32 too.
                 penalty = losses.gradient_penalty(hat_scores, x_hat)
             total = losses.critic_loss(loss, real_scores, fake_scores) + cfg.lambda_gp * penalty
+            if logits is not None:  # the auxiliary classifier learns from real images only
+                class_cost = losses.class_loss(logits[:n], labels)
+                total = total + losses.AUX_CRITIC_WEIGHT * class_cost
             total.backward()
             total = total.detach()
         self.d_optimizer.step()
         if loss == "wgan":
             losses.clip_weights(unwrap(self.critic), cfg.clip)
+        stats = {} if self.cfg.conditioning != "aux" or labels is None else {"loss/critic_class": class_cost.detach()}
         return {
+            **stats,
             "loss/critic": total,
             "wasserstein_estimate": losses.wasserstein_estimate(real_scores.detach(), fake_scores.detach()),
             "gradient_penalty": penalty.detach(),
@@ -117,8 +133,11 @@ class TrainStep:
         labels = self._random_labels(n, device)
         self.g_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            scores = unwrap(self.critic)(self.generator(self._latents(n, device), labels), labels).float()
+            scores, logits = scores_and_logits(
+                unwrap(self.critic)(self.generator(self._latents(n, device), labels), labels))
         g_loss = losses.generator_loss(self.cfg.loss, scores)
+        if logits is not None:
+            g_loss = g_loss + losses.AUX_GENERATOR_WEIGHT * losses.class_loss(logits, labels)
         # inputs=: gradients reach the generator only; the critic's stay untouched.
         g_loss.backward(inputs=self._g_params)
         self.g_optimizer.step()

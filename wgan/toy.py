@@ -60,15 +60,19 @@ class ToyGenerator(nn.Module):
 
 class ToyCritic(nn.Module):
     """With ``num_classes``, conditional on a one-hot label beside x: the gradient penalty's
-    gradient is still taken w.r.t. x alone, per sample, the label held fixed."""
+    gradient is still taken w.r.t. x alone, per sample, the label held fixed. With
+    ``conditioning="aux"`` the score ignores the label and the net also outputs class
+    logits, returned beside it, as `wgan.networks.DCGANCritic` does."""
 
-    def __init__(self, inputs: int = 2, hidden: int = 512, num_classes: int = 0):
+    def __init__(self, inputs: int = 2, hidden: int = 512, num_classes: int = 0, conditioning: str = "projection"):
         super().__init__()
-        self.num_classes = num_classes
-        self.net = mlp(inputs + num_classes, 1, hidden)
+        self.aux = bool(num_classes) and conditioning == "aux"
+        self.num_classes = 0 if self.aux else num_classes  # one-hot inputs only without aux
+        self.net = mlp(inputs + self.num_classes, 1 + (num_classes if self.aux else 0), hidden)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(_with_labels(x, labels, self.num_classes)).squeeze(1)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        out = self.net(_with_labels(x, labels, self.num_classes))
+        return (out[:, 0], out[:, 1:]) if self.aux else out.squeeze(1)
 
 
 def _with_labels(x: torch.Tensor, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor:
