@@ -91,8 +91,12 @@ class TrainStep:
                 loss_real = loss_real + losses.AUX_CRITIC_WEIGHT * class_cost
             loss_real.backward()
             with self._autocast():
-                fake_scores, _ = scores_and_logits(self.critic(fake, labels))
+                fake_scores, fake_logits = scores_and_logits(self.critic(fake, labels))
             loss_fake = losses.critic_loss_fake(loss, fake_scores)
+            if fake_logits is not None:
+                # The classifier head learns from real images only; this zero term marks its
+                # parameters used in this pass too, which DistributedDataParallel requires.
+                loss_fake = loss_fake + 0.0 * fake_logits.sum()
             loss_fake.backward()
             total = loss_real.detach() + loss_fake.detach()
         else:
