@@ -3,6 +3,7 @@
 Run from the repository root (offline is fine):
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--sizes 28,32,64] [--steps N] [--width 64]
+    python benchmarks/bench_train.py --device cuda --no-ray [--batch 512]     # on a GPU machine
 
 images/s = real images consumed by the critic per second = n_critic * batch * steps / seconds,
 with the WGAN-GP paper defaults (batch 64, n_critic 5, Adam 1e-4 (0, 0.9), lambda 10,
@@ -21,8 +22,14 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
    * channels_last: networks and batches in channels-last memory format;
    * compiled generator: torch.compile of the generator. The critic cannot be compiled:
      aot_autograd does not support the double backward that the penalty needs;
-   * bf16 autocast: only where the CPU has bf16 instructions (avx512_bf16 / amx_bf16);
-     oneDNN emulates bf16 elsewhere, about 10x slower than float32.
+   * bf16 autocast: on a GPU, and on a CPU only where it has bf16 instructions (avx512_bf16 /
+     amx_bf16); oneDNN emulates bf16 elsewhere, about 10x slower than float32;
+   * on a GPU also fp16 autocast with loss scaling, and bf16 with channels_last.
+   With --device cuda every contender runs on the GPU (fp32 convolutions there use TF32, PyTorch's
+   default for cuDNN), timed between CUDA synchronisations, and the table adds the achieved
+   TFLOP/s (FLOPs of one plain-loop step counted by torch.utils.flop_counter: convolutions and
+   matrix products, forward, backward and the penalty's double backward) and its share of the
+   card's dense bf16 peak.
 2. Ray Train: `pipelines.train.train` with one worker, MLflow on (a temporary sqlite store),
    on Fashion-MNIST 28 px prepared into a temporary directory (or --data), with the default
    logging interval (shortened for runs too short to hold 8 intervals). Its rate is the median
@@ -46,6 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -58,14 +66,18 @@ CHANNELS = {28: 1, 32: 3, 64: 3}
 Step = Callable[[list[torch.Tensor]], None]  # one generator step on n_critic real batches
 
 
+# Dense bf16 tensor-core peaks in TFLOP/s, from NVIDIA's data sheets (SXM parts).
+BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
 def config(size: int, width: int, **overrides) -> TrainConfig:
     overrides.setdefault("precision", "fp32")
     return TrainConfig(image_size=size, channels=CHANNELS[size], width=width, **overrides).resolved()
 
 
-def networks(cfg: TrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+def networks(cfg: TrainConfig, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(0)  # the same initial weights for every contender
-    return build_generator(cfg), build_critic(cfg)
+    return build_generator(cfg).to(device), build_critic(cfg).to(device)
 
 
 def plain_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Module) -> Step:
@@ -74,11 +86,11 @@ def plain_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Mo
     d_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=cfg.betas)
 
     def step(reals: list[torch.Tensor]) -> None:
-        n = reals[0].shape[0]
+        n, device = reals[0].shape[0], reals[0].device
         for real in reals:
             with torch.no_grad():
-                fake = generator(torch.randn(n, cfg.z_dim))
-            eps = torch.rand(n, 1, 1, 1)
+                fake = generator(torch.randn(n, cfg.z_dim, device=device))
+            eps = torch.rand(n, 1, 1, 1, device=device)
             x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
             (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
             penalty = ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
@@ -87,7 +99,7 @@ def plain_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Mo
             loss.backward()
             d_opt.step()
         critic.requires_grad_(False)
-        g_loss = -critic(generator(torch.randn(n, cfg.z_dim))).mean()
+        g_loss = -critic(generator(torch.randn(n, cfg.z_dim, device=device))).mean()
         g_opt.zero_grad()
         g_loss.backward()
         g_opt.step()
@@ -107,22 +119,59 @@ def our_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Modu
     return step
 
 
-def contenders(cfg: TrainConfig) -> dict[str, Step]:
-    out = {"plain loop": plain_step(cfg, *networks(cfg)), "ours": our_step(cfg, *networks(cfg))}
-    g, d = networks(cfg)
-    out["ours + channels_last"] = our_step(cfg, g.to(memory_format=torch.channels_last),
-                                           d.to(memory_format=torch.channels_last), channels_last=True)
-    g, d = networks(cfg)
-    out["ours + compiled G"] = our_step(cfg, torch.compile(g), d)
-    if cpu_has_bf16():
-        out["ours + bf16 autocast"] = our_step(dataclasses.replace(cfg, precision="bf16"), *networks(cfg))
+def channels_last(cfg: TrainConfig, device: torch.device) -> Step:
+    g, d = networks(cfg, device)
+    return our_step(cfg, g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last),
+                    channels_last=True)
+
+
+def contenders(cfg: TrainConfig, device: torch.device, compile_generator: bool) -> dict[str, Step]:
+    out = {"plain loop": plain_step(cfg, *networks(cfg, device)), "ours": our_step(cfg, *networks(cfg, device))}
+    out["ours + channels_last"] = channels_last(cfg, device)
+    if compile_generator:
+        g, d = networks(cfg, device)
+        out["ours + compiled G"] = our_step(cfg, torch.compile(g), d)
+    if device.type == "cuda" or cpu_has_bf16():
+        bf16 = dataclasses.replace(cfg, precision="bf16")
+        out["ours + bf16 autocast"] = our_step(bf16, *networks(cfg, device))
+    if device.type == "cuda":
+        out["ours + bf16 + ch_last"] = channels_last(bf16, device)
+        out["ours + fp16 + scaler"] = our_step(dataclasses.replace(cfg, precision="fp16"), *networks(cfg, device))
     return out
 
 
+class _OneScope:
+    """Stands in for FlopCounterMode's per-module tracker, whose hooks refuse autograd.grad."""
+    parents = {"Global"}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def flops_per_step(cfg: TrainConfig, device: torch.device, reals: list[torch.Tensor]) -> int:
+    """FLOPs of one plain-loop step (every contender does the same arithmetic)."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _OneScope()
+    step = plain_step(cfg, *networks(cfg, device))
+    with counter:
+        step(reals)
+    return counter.get_total_flops()
+
+
+def synchronize(reals: list[torch.Tensor]) -> None:
+    if reals[0].is_cuda:
+        torch.cuda.synchronize()
+
+
 def seconds(step: Step, reals: list[torch.Tensor], steps: int) -> float:
+    synchronize(reals)
     start = time.perf_counter()
     for _ in range(steps):
         step(reals)
+    synchronize(reals)
     return time.perf_counter() - start
 
 
@@ -130,9 +179,13 @@ def measure(steps_by_name: dict[str, Step], reals: list[torch.Tensor], steps: in
             rounds: int) -> dict[str, list[float]]:
     """images/s of each contender in each of ``rounds`` turns, order rotated each round, after a warm-up step."""
     images = len(reals) * reals[0].shape[0] * steps
-    for step in steps_by_name.values():
-        step(reals)  # warm-up (and compilation)
-    names = list(steps_by_name)
+    names = []
+    for name, step in steps_by_name.items():
+        try:
+            step(reals)  # warm-up (and compilation)
+            names.append(name)
+        except Exception as error:  # one broken contender (a compiler bug, say) leaves the others' figures
+            print(f"({name}: failed, left out: {type(error).__name__}: {str(error).splitlines()[0][:160]})")
     rates: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -145,24 +198,40 @@ def ratio(rates: dict[str, list[float]], name: str, base: str) -> float:
     return statistics.median(a / b for a, b in zip(rates[name], rates[base]))
 
 
-def real_batches(cfg: TrainConfig) -> list[torch.Tensor]:
-    return [torch.rand(cfg.batch, cfg.channels, cfg.image_size, cfg.image_size) * 2 - 1
+def real_batches(cfg: TrainConfig, device: torch.device = torch.device("cpu")) -> list[torch.Tensor]:
+    return [torch.rand(cfg.batch, cfg.channels, cfg.image_size, cfg.image_size, device=device) * 2 - 1
             for _ in range(cfg.n_critic)]
 
 
-def bench_step(sizes: list[int], width: int, steps: int, rounds: int) -> None:
-    print(f"\n== training step, width {width}, batch 64, n_critic 5: {rounds} rounds of {steps} steps, medians ==")
-    if not cpu_has_bf16():
+def bf16_peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for chip, peak in BF16_PEAK_TFLOPS.items() if chip in name), None)
+
+
+def bench_step(sizes: list[int], width: int, batch: int, steps: int, rounds: int, device: torch.device,
+               compile_generator: bool) -> None:
+    print(f"\n== training step on {device.type}, width {width}, batch {batch}, n_critic 5: "
+          f"{rounds} rounds of {steps} steps, medians ==")
+    if device.type == "cpu" and not cpu_has_bf16():
         print("(ours + bf16 autocast: skipped, this CPU has no bf16 instructions)")
-    print(f"{'size':>8}  {'contender':<22} {'images/s':>9}  {'/ plain':>7}  {'/ ours':>6}")
+    peak = bf16_peak(device)
+    print(f"{'size':>8}  {'contender':<22} {'images/s':>9}  {'/ plain':>7}  {'/ ours':>6}  {'TFLOP/s':>8}"
+          + (f"  {'% bf16 peak':>11}" if peak else ""))
     for size in sizes:
-        cfg = config(size, width)
+        cfg = config(size, width, batch=batch, gpu=device.type == "cuda")
         start = time.perf_counter()
-        rates = measure(contenders(cfg), real_batches(cfg), steps, rounds)
+        reals = real_batches(cfg, device)
+        flops = flops_per_step(cfg, device, reals)
+        rates = measure(contenders(cfg, device, compile_generator), reals, steps, rounds)
         for name, values in rates.items():
-            print(f"{size:>3} px {cfg.channels}c  {name:<22} {statistics.median(values):>9.1f}  "
-                  f"{ratio(rates, name, 'plain loop'):>6.2f}x  {ratio(rates, name, 'ours'):>5.2f}x")
-        print(f"({size} px took {time.perf_counter() - start:.0f} s)", flush=True)
+            rate = statistics.median(values)
+            tflops = flops * rate / (cfg.n_critic * cfg.batch) / 1e12
+            print(f"{size:>3} px {cfg.channels}c  {name:<22} {rate:>9.1f}  "
+                  f"{ratio(rates, name, 'plain loop'):>6.2f}x  {ratio(rates, name, 'ours'):>5.2f}x  {tflops:>8.3f}"
+                  + (f"  {100 * tflops / peak:>10.2f}%" if peak else ""))
+        print(f"({size} px: {flops / 1e9:.1f} GFLOP per step; took {time.perf_counter() - start:.0f} s)", flush=True)
 
 
 def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, rounds: int, work: Path) -> None:
@@ -182,7 +251,8 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
     # the default logging interval, shortened where the run is too short for 8 intervals
     cfg = config(28, width, steps=train_steps, log_every=min(TrainConfig.log_every, max(1, train_steps // 8)))
     torch.set_num_threads(worker_resources(1, False, local=True)[1])  # the worker's thread count
-    loops = {"plain loop": plain_step(cfg, *networks(cfg)), "ours": our_step(cfg, *networks(cfg))}
+    cpu = torch.device("cpu")
+    loops = {"plain loop": plain_step(cfg, *networks(cfg, cpu)), "ours": our_step(cfg, *networks(cfg, cpu))}
     reals = real_batches(cfg)
     before = measure(loops, reals, steps, rounds)
     start = time.perf_counter()
@@ -210,6 +280,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="generator steps per timed round")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3, quick 1)")
     parser.add_argument("--width", type=int, default=64, help="network width (DCGAN base channel count)")
+    parser.add_argument("--batch", type=int, default=64, help="batch of the step benchmark (the papers': 64)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the step benchmark runs")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Train + MLflow part")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled-generator contender")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its convolution algorithms and keep the fastest (fixed shapes)")
     parser.add_argument("--ray-steps", type=int, default=None, help="steps of the Ray Train run (default 64, quick 8)")
     parser.add_argument("--data", default=None,
                         help="a prepared 28 px dataset for the Ray run (default: Fashion-MNIST, prepared here)")
@@ -217,12 +293,18 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 3)
     train_steps = args.ray_steps or (8 if args.quick else 64)
 
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads, "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 instructions: {cpu_has_bf16()}")
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 instructions: {cpu_has_bf16()}"
+          + (f"; GPU {torch.cuda.get_device_name(device)}, cudnn.benchmark {args.cudnn_benchmark}"
+             if device.type == "cuda" else ""))
     start = time.perf_counter()
-    bench_step([int(s) for s in args.sizes.split(",")], args.width, args.steps, rounds)
-    with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
-        bench_ray(args.data, args.width, train_steps, args.steps, rounds, Path(work))
+    bench_step([int(s) for s in args.sizes.split(",")], args.width, args.batch, args.steps, rounds, device,
+               compile_generator=not args.no_compile)
+    if not args.no_ray:
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
+            bench_ray(args.data, args.width, train_steps, args.steps, rounds, Path(work))
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -142,7 +142,7 @@ def train(
     sample_every: Optional[int] = typer.Option(None, "--sample-every", help="steps between sample grids (250)"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="steps between checkpoints (250)"),
     g_ema: Optional[float] = typer.Option(None, "--g-ema", help="decay of a moving average of the generator, e.g. 0.999; it then samples and is logged (0: off)"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16 or fp32"),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 (GPUs only, with loss scaling) or fp32"),
     conditional: Optional[bool] = typer.Option(None, "--conditional", help="class-conditional generator and critic (labelled data)"),
     conditioning: Optional[str] = typer.Option(None, "--conditioning", help="how a conditional critic uses the label: projection (default) or aux (auxiliary classifier)"),
     experiment: str = typer.Option("wganctl", "--experiment", help="MLflow experiment"),

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from wgan import checkpoint as ckpt
+from wgan import checkpoint as ckpt, precision
 from wgan.config import TrainConfig
 from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
@@ -62,8 +62,8 @@ def grid_latents(fixed_z: torch.Tensor, num_classes: int) -> tuple[torch.Tensor,
     return fixed_z[:8].repeat(num_classes, 1), torch.arange(num_classes).repeat_interleave(8), 8
 
 
-def _all_finite(values: list[list[float]], device: torch.device) -> bool:
-    ok = all(math.isfinite(v) for row in values for v in row)
+def _all_finite(history: list[tuple[int, dict[str, float]]], device: torch.device) -> bool:
+    ok = all(math.isfinite(v) for _, values in history for v in values.values())
     if dist.is_available() and dist.is_initialized():
         flag = torch.tensor([1.0 if ok else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
@@ -147,7 +147,9 @@ def train_loop_per_worker(config: dict) -> None:
         tick, tick_step = now, step
         history = [(st, dict(zip(keys, row))) for (st, _), row in zip(pending, values)]
         pending = []
-        if not _all_finite(values, device):
+        if step_fn.precision == "fp16":
+            history = precision.without_skipped_steps(history)
+        if not _all_finite(history, device):
             # Every rank stops here (they agreed through all_reduce); rank 0 tells the driver
             # through the MLflow run, which outlives this worker group.
             if rank == 0:

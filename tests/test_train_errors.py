@@ -35,6 +35,7 @@ def run_cli(args: list[str]):
     (["--batch", "63", "--workers", "2"], "does not split over 2 workers"),
     (["--loss", "wgan-gp", "--critic-norm", "batch"], "batch norm in the critic is refused"),
     (["--loss", "nope"], "unknown loss"),
+    (["--precision", "fp16"], "--precision fp16 runs on GPUs only"),
 ])
 def test_invalid_options(args, message, tiny_dataset, mlflow_store, no_ray):
     code, err = run_cli(["train", "--data", tiny_dataset, *args])

@@ -25,7 +25,7 @@ LOSSES = ("wgan-gp", "wgan", "gan")
 ARCHS = ("dcgan", "mlp")
 CRITIC_NORMS = ("none", "layer", "batch")
 IMAGE_SIZES = (28, 32, 64, 96)
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CONDITIONINGS = ("projection", "aux")
 
 
@@ -97,6 +97,8 @@ class TrainConfig:
     g_ema: float = 0.0
     # bf16: autocast the step's forward passes to bfloat16; auto: bf16 where the device
     # has bf16 arithmetic (a CUDA GPU that supports it, a CPU with avx512_bf16/amx_bf16).
+    # fp16 (GPUs only): float16 autocast with dynamic loss scaling, the penalty's inner
+    # gradient scaled too (wgan.losses.gradient_penalty).
     precision: str = "auto"
 
     def resolved(self) -> "TrainConfig":
@@ -162,8 +164,9 @@ class TrainConfig:
              f"unknown conditioning {self.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}"),
             (0 <= self.g_ema < 1, f"--g-ema must be in [0, 1) (0: off), got {self.g_ema}"),
             (self.precision in PRECISIONS,
-             f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)} "
-             f"(fp16 is not offered: bf16 needs no loss scaling)"),
+             f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
+            (self.precision != "fp16" or self.gpu,
+             "--precision fp16 runs on GPUs only (--gpu): CPUs emulate fp16; use bf16 or fp32"),
             (self.log_every >= 1 and self.sample_every >= 1 and self.checkpoint_every >= 1,
              "log/sample/checkpoint intervals must be >= 1"),
         ]

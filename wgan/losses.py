@@ -21,14 +21,24 @@ def interpolates(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     return (eps * real + (1 - eps) * fake).requires_grad_(True)
 
 
-def gradient_penalty(scores_hat: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(scores_hat: torch.Tensor, x_hat: torch.Tensor,
+                     loss_scale: torch.Tensor | None = None) -> torch.Tensor:
     """(||grad_x D(x_hat)||_2 - 1)^2 averaged over samples (Gulrajani et al. 2017, Eq. 3).
 
     The gradient is taken with ``create_graph=True`` so that the penalty itself is
     differentiated by the single ``backward`` of the critic loss; that keeps
     DistributedDataParallel correct (its hooks fire on parameter gradients only).
+
+    ``loss_scale`` (fp16): the scores are multiplied by it before the inner gradient,
+    which runs through the half-precision backward of the critic, and the gradient is
+    divided by it before the norm, as PyTorch's AMP examples do for a gradient penalty.
+    Unscaled, that gradient underflows in fp16; an overflow of the scaled one makes the
+    penalty infinite, and the loss scaler then skips the step and lowers the scale.
     """
-    (grad,) = torch.autograd.grad(scores_hat.sum(), x_hat, create_graph=True)
+    outputs = scores_hat.sum() if loss_scale is None else scores_hat.sum() * loss_scale
+    (grad,) = torch.autograd.grad(outputs, x_hat, create_graph=True)
+    if loss_scale is not None:
+        grad = grad / loss_scale
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 

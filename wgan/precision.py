@@ -1,17 +1,22 @@
-"""Numeric precision of the training step: bf16 autocast where the hardware has it.
+"""Numeric precision of the training step: bf16 autocast where the hardware has it, fp16 on GPUs.
 
-bf16 keeps fp32's exponent range, so unlike fp16 it needs no loss scaling, and the
-gradient penalty's double backward cannot underflow into NaNs the way fp16's does.
-Only the networks' forward passes are autocast; losses, the penalty's gradient
-norm and the optimizer state stay fp32 (see `wgan.step`).
+bf16 keeps fp32's exponent range, so it needs no loss scaling. fp16 has a 5-bit
+exponent: gradients below about 6e-8 flush to zero, so its backward passes run on a
+loss multiplied by a dynamic scale (`torch.amp.GradScaler`), the penalty's inner
+gradient included (see `wgan.losses.gradient_penalty`). Only the networks' forward
+passes are autocast; losses, the penalty's gradient norm and the optimizer state
+stay fp32 (see `wgan.step`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_has_bf16() -> bool:
@@ -34,6 +39,25 @@ def effective(requested: str, device: torch.device) -> str:
 
 def autocast(precision: str, device: torch.device):
     """A context that runs the forward passes at ``precision`` (an effective one, not auto)."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision in DTYPES:
+        return torch.autocast(device.type, dtype=DTYPES[precision])
     return contextlib.nullcontext()
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A dynamic loss scaler for fp16; for bf16 and fp32 a disabled one, which passes
+    losses and optimizer steps through unchanged."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+# fp16: the loss scaler skips a step whose gradients overflowed and halves its scale, so
+# a skipped step's losses may be infinite without harm. 16 skips in a row take the scale
+# from its initial 2^16 below 1, which only a diverged run does.
+MIN_LOSS_SCALE = 1.0
+
+
+def without_skipped_steps(history: list[tuple[int, dict[str, float]]]) -> list[tuple[int, dict[str, float]]]:
+    """An fp16 run's history without the non-finite values of steps the loss scaler skipped."""
+    return [(step, {k: v for k, v in values.items() if math.isfinite(v)}
+             if values.get("amp/loss_scale", 0.0) >= MIN_LOSS_SCALE else values)
+            for step, values in history]

@@ -66,6 +66,14 @@ class TrainStep:
         device = next(unwrap(generator).parameters()).device
         self.precision = precision.effective(cfg.precision, device)
         self._autocast = lambda: precision.autocast(self.precision, device)
+        # fp16 only: dynamic loss scaling, one scaler per optimizer; pass-throughs otherwise.
+        self.d_scaler = precision.grad_scaler(self.precision, device)
+        self.g_scaler = precision.grad_scaler(self.precision, device)
+
+    @staticmethod
+    def _loss_scale(scaler: torch.amp.GradScaler, like: torch.Tensor) -> torch.Tensor | None:
+        """The scaler's current scale as a tensor (no host sync), or None when it is disabled."""
+        return scaler.scale(like.new_ones((), dtype=torch.float32)) if scaler.is_enabled() else None
 
     def _latents(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=device)
@@ -89,7 +97,7 @@ class TrainStep:
             if real_logits is not None:
                 class_cost = losses.class_loss(real_logits, labels)
                 loss_real = loss_real + losses.AUX_CRITIC_WEIGHT * class_cost
-            loss_real.backward()
+            self.d_scaler.scale(loss_real).backward()
             with self._autocast():
                 fake_scores, fake_logits = scores_and_logits(self.critic(fake, labels))
             loss_fake = losses.critic_loss_fake(loss, fake_scores)
@@ -97,7 +105,7 @@ class TrainStep:
                 # The classifier head learns from real images only; this zero term marks its
                 # parameters used in this pass too, which DistributedDataParallel requires.
                 loss_fake = loss_fake + 0.0 * fake_logits.sum()
-            loss_fake.backward()
+            self.d_scaler.scale(loss_fake).backward()
             total = loss_real.detach() + loss_fake.detach()
         else:
             both = None if labels is None else torch.cat([labels, labels])
@@ -115,17 +123,20 @@ class TrainStep:
                 with self._autocast():
                     hat_scores, _ = scores_and_logits(unwrap(self.critic)(x_hat, labels))
                 # x_hat is fp32, so its gradient (and the norm in the penalty) is fp32 too.
-                penalty = losses.gradient_penalty(hat_scores, x_hat)
+                penalty = losses.gradient_penalty(hat_scores, x_hat, self._loss_scale(self.d_scaler, real))
             total = losses.critic_loss(loss, real_scores, fake_scores) + cfg.lambda_gp * penalty
             if logits is not None:  # the auxiliary classifier learns from real images only
                 class_cost = losses.class_loss(logits[:n], labels)
                 total = total + losses.AUX_CRITIC_WEIGHT * class_cost
-            total.backward()
+            self.d_scaler.scale(total).backward()
             total = total.detach()
-        self.d_optimizer.step()
+        self.d_scaler.step(self.d_optimizer)  # skipped by fp16's scaler when a gradient overflowed
+        self.d_scaler.update()
         if loss == "wgan":
             losses.clip_weights(unwrap(self.critic), cfg.clip)
         stats = {} if self.cfg.conditioning != "aux" or labels is None else {"loss/critic_class": class_cost.detach()}
+        if self.d_scaler.is_enabled():
+            stats["amp/loss_scale"] = self._loss_scale(self.d_scaler, real)
         return {
             **stats,
             "loss/critic": total,
@@ -143,8 +154,9 @@ class TrainStep:
         if logits is not None:
             g_loss = g_loss + losses.AUX_GENERATOR_WEIGHT * losses.class_loss(logits, labels)
         # inputs=: gradients reach the generator only; the critic's stay untouched.
-        g_loss.backward(inputs=self._g_params)
-        self.g_optimizer.step()
+        self.g_scaler.scale(g_loss).backward(inputs=self._g_params)
+        self.g_scaler.step(self.g_optimizer)
+        self.g_scaler.update()
         return {"loss/generator": g_loss.detach()}
 
     def __call__(self, real_batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
