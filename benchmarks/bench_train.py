@@ -276,7 +276,7 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one step per round, a short Ray run (smoke test)")
-    parser.add_argument("--sizes", default="28,32,64", help="image sizes of the step benchmark (28, 32, 64)")
+    parser.add_argument("--sizes", default="28,32,64", help="image sizes of the step benchmark (28, 32, 64; empty: skip it)")
     parser.add_argument("--steps", type=int, default=1, help="generator steps per timed round")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3, quick 1)")
     parser.add_argument("--width", type=int, default=64, help="network width (DCGAN base channel count)")
@@ -300,8 +300,9 @@ def main() -> None:
           + (f"; GPU {torch.cuda.get_device_name(device)}, cudnn.benchmark {args.cudnn_benchmark}"
              if device.type == "cuda" else ""))
     start = time.perf_counter()
-    bench_step([int(s) for s in args.sizes.split(",")], args.width, args.batch, args.steps, rounds, device,
-               compile_generator=not args.no_compile)
+    if args.sizes:
+        bench_step([int(s) for s in args.sizes.split(",")], args.width, args.batch, args.steps, rounds, device,
+                   compile_generator=not args.no_compile)
     if not args.no_ray:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
             bench_ray(args.data, args.width, train_steps, args.steps, rounds, Path(work))

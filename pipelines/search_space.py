@@ -93,4 +93,4 @@ def _domain(key: str, value: Any):
 
 def _only_for(loss: str, domain):
     sample = domain.sample if hasattr(domain, "sample") else (lambda: domain)
-    return tune.sample_from(lambda spec: sample() if spec.config["loss"] == loss else None)
+    return tune.sample_from(lambda config: sample() if config["loss"] == loss else None)

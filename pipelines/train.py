@@ -71,12 +71,14 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
           max_failures: int = 2, progress: bool = True, steps: int | None = None,
           verbose: bool = False, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
           callbacks: list | None = None, objective: dict | None = None,
-          cpus_per_worker: float | None = None) -> TrainResult:
+          cpus_per_worker: float | None = None, init_checkpoint: str | None = None) -> TrainResult:
     """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed.
 
     The tune stage passes ``parent_run_id`` (the sweep's MLflow run), ``tags`` (its trial id),
     ``callbacks`` (Tune's report callback), ``objective`` (sample-quality settings computed at
-    every checkpoint, see `pipelines.objective`) and ``cpus_per_worker`` (trials share the CPUs).
+    every checkpoint, see `pipelines.objective`), ``cpus_per_worker`` (trials share the CPUs) and,
+    for PBT, ``init_checkpoint``: a new run starts from another run's checkpoint (weights,
+    optimizer states with this config's learning rate, step).
     """
     if resume:
         client = MlflowClient(tracking.tracking_uri())
@@ -102,7 +104,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
                                           parent_run_id=parent_run_id, tags=tags)
     try:
         result = _fit(cfg, run_id, data_dir, manifest, storage_path, address, max_failures, progress, verbose,
-                      callbacks or [], objective, cpus_per_worker)
+                      callbacks or [], objective, cpus_per_worker, init_checkpoint)
     except KeyboardInterrupt:
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -134,7 +136,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
 
 def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_path: str,
          address: str | None, max_failures: int, progress: bool, verbose: bool, callbacks: list,
-         objective: dict | None, cpus_per_worker: float | None):
+         objective: dict | None, cpus_per_worker: float | None, init_checkpoint: str | None = None):
     import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -156,6 +158,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
             "torch_threads": torch_threads,
             "progress_queue": reporter.queue,
             "objective": objective,
+            "init_checkpoint": init_checkpoint,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                                resources_per_worker=resources),

@@ -85,7 +85,11 @@ def train_loop_per_worker(config: dict) -> None:
     g_opt, d_opt = build_optimizers(cfg, generator, critic)
     fixed_z = torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     start = 0
+    # This run's own latest checkpoint (a restarted worker group, --resume); else, for a
+    # PBT exploit, the checkpoint of the trial it continues from.
     restored = ray.train.get_checkpoint()
+    if restored is None and config.get("init_checkpoint"):
+        restored = ray.train.Checkpoint(config["init_checkpoint"])
     if restored:
         with restored.as_directory() as directory:
             payload = ckpt.load(directory)
@@ -94,6 +98,9 @@ def train_loop_per_worker(config: dict) -> None:
         g_opt.load_state_dict(payload["g_optimizer"])
         d_opt.load_state_dict(payload["d_optimizer"])
         fixed_z, start = payload["fixed_z"], payload["step"]
+        for optimizer in (g_opt, d_opt):  # this run's learning rate (PBT perturbs it), not the saved one
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr
     # Rank 0 keeps the moving average of the generator (--g-ema): it samples, it is logged.
     ema = None
     if cfg.g_ema and rank == 0:

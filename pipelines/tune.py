@@ -2,10 +2,13 @@
 
 Under Ray Train V2, Tune cannot drive a `TorchTrainer` directly; each trial is a
 function trainable (0.01 CPU: it only waits) that calls `pipelines.train.train`,
-which starts its own TorchTrainer. Tune's `TuneReportCallback` forwards the
-workers' checkpoint reports (with the sample-quality objective) to the
-scheduler, so ASHA stops weak trials early. The sweep is one MLflow parent run;
-each trial is a nested child run that carries everything a train run carries.
+which starts its own TorchTrainer. A Train callback (`ForwardReports`) passes the
+workers' checkpoint reports (with the sample-quality objective) to the trial, which
+reports them to Tune with a small checkpoint pointing at the train checkpoint: ASHA
+stops weak trials early, and PBT restarts a weak trial from a strong trial's
+checkpoint with perturbed hyperparameters. The sweep is one MLflow parent run; each
+trial is a nested child run that carries everything a train run carries (a PBT trial
+gets a new child run for each exploit: its hyperparameters changed).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import math
 import os
 import re
@@ -22,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from ray.train import UserCallback
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -36,6 +41,7 @@ from pipelines.train import TrainingFailed, train
 TRIAL_TAG = "wganctl.trial_id"
 SCHEDULERS = ("asha", "pbt", "none")
 TRIAL_CPUS = 0.01  # a trial only waits on its train task; Ray refuses a 0-CPU trial
+PBT_KNOBS = ("lr", "n_critic", "lambda_gp", "clip")
 
 
 @dataclass
@@ -48,11 +54,58 @@ class TuneResult:
     registered_version: str | None = None
 
 
+POINTER_FILE = "train_checkpoint.json"
+PBT_DONOR_TAG = "wganctl.pbt_donor_run"
+
+
+class ForwardReports(UserCallback):
+    """Runs in the TorchTrainer's controller: passes each report, with the path of its
+    checkpoint, to the trial's queue (Tune's own callback drops the checkpoint)."""
+
+    def __init__(self, queue):
+        self.queue = queue
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.queue.put({**metrics[0], "checkpoint_path": checkpoint.path if checkpoint else None})
+
+
+def _report_to_tune(item: dict[str, Any]) -> None:
+    """Report to Tune with a checkpoint that points at the train checkpoint (on the
+    storage every node shares), so that PBT can hand it to another trial."""
+    import tempfile
+
+    from ray import tune
+
+    path = item.pop("checkpoint_path", None)
+    # Tune's live table shows a trial's first four metrics: step, objective, W estimate, penalty.
+    first = ("step", objective.METRIC, "wasserstein_estimate", "gradient_penalty")
+    item = {**{k: item[k] for k in first if k in item}, **item}
+    if path is None:
+        tune.report(item)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        run_name = Path(path).parent.name
+        pointer = {"path": path, "run_id": run_name.removeprefix("wganctl-"), "step": item.get("step"),
+                   "objective": item.get(objective.METRIC)}
+        Path(directory, POINTER_FILE).write_text(json.dumps(pointer))
+        tune.report(item, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _donor_pointer() -> dict[str, Any] | None:
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return json.loads(Path(directory, POINTER_FILE).read_text())
+
+
 def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experiment: str, parent_run_id: str,
                   storage_path: str, objective_spec: dict, cpus_per_worker: float, tracking_uri: str) -> None:
     import mlflow
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.util.queue import Empty, Queue
 
     # The driver's tracking store, whatever this worker's environment says (Ray's workers
     # inherit the environment of the process that started Ray, not of the sweep's driver).
@@ -60,8 +113,11 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
     trial_id = tune.get_context().get_trial_id()
     client = MlflowClient(tracking_uri)
     earlier = client.search_runs([tracking.experiment_id(client, experiment)],
-                                 filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'")
-    if earlier and earlier[0].info.status == "FINISHED":
+                                 filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                 order_by=["attributes.start_time DESC"])
+    donor = _donor_pointer()
+    exploited = donor is not None and (not earlier or donor["run_id"] != earlier[0].info.run_id)
+    if earlier and earlier[0].info.status == "FINISHED" and not exploited:
         # A resumed sweep whose last saved state missed this trial's end (the driver was
         # killed first): report its result from MLflow instead of training it again.
         history = client.get_metric_history(earlier[0].info.run_id, objective.METRIC)
@@ -69,9 +125,23 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
                      "step": int(earlier[0].data.tags.get("wganctl.completed_steps", 0))})
         return
     chosen = {k: v for k, v in config.items() if v is not None}
+    if exploited and donor["step"] >= TrainConfig.from_dict({**base, **chosen}).steps:
+        # PBT cloned a trial at its last report: nothing is left to train.
+        tune.report({"step": donor["step"], objective.METRIC: donor["objective"]})
+        return
+    queue = Queue(actor_options={"num_cpus": 0})
     common = dict(experiment=experiment, storage_path=storage_path, max_failures=0, progress=False,
-                  callbacks=[TuneReportCallback()], objective=objective_spec, cpus_per_worker=cpus_per_worker)
-    if earlier:  # a resumed sweep: continue this trial's own run from its checkpoint
+                  callbacks=[ForwardReports(queue)], objective=objective_spec, cpus_per_worker=cpus_per_worker)
+    if exploited:
+        # PBT: this trial goes on from another trial's checkpoint with perturbed
+        # hyperparameters, as a new child run (a run's parameters cannot change).
+        if earlier and earlier[0].info.status == "RUNNING":
+            client.set_tag(earlier[0].info.run_id, "wganctl.pbt_exploited", f"continued from {donor['run_id']}")
+            client.set_terminated(earlier[0].info.run_id, status="KILLED")
+        kwargs = dict(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir, parent_run_id=parent_run_id,
+                      tags={TRIAL_TAG: trial_id, PBT_DONOR_TAG: donor["run_id"]}, init_checkpoint=donor["path"],
+                      **common)
+    elif earlier:  # a resumed sweep: continue this trial's own run from its checkpoint
         kwargs = dict(resume=earlier[0].info.run_id, **common)
     else:
         kwargs = dict(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir, parent_run_id=parent_run_id,
@@ -79,7 +149,18 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
     # Tune places a trial's children in the trial's own (tiny) placement group; the
     # TorchTrainer and its Ray Data actors must be scheduled on the cluster instead.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    ray.get(_train_task.options(scheduling_strategy=outside).remote(kwargs, tracking_uri))
+    training = _train_task.options(scheduling_strategy=outside).remote(kwargs, tracking_uri)
+    while True:
+        try:
+            _report_to_tune(queue.get(timeout=0.5))
+            continue
+        except Empty:
+            pass
+        if ray.wait([training], timeout=0)[0]:
+            while not queue.empty():
+                _report_to_tune(queue.get_nowait())
+            break
+    ray.get(training)  # raises the run's failure, which marks the trial errored
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -90,15 +171,18 @@ def _train_task(kwargs: dict, tracking_uri: str) -> None:
     train(**kwargs)
 
 
-def _searcher(seed: int | None):
+def _searcher(seed: int | None, concurrent: int):
     """Tune's default random/grid search; seeded, it draws the same trials every time (the
-    loss-specific knobs are drawn through numpy's global generator, seeded here too)."""
+    loss-specific knobs are drawn through numpy's global generator, seeded here too).
+    Tune ignores max_concurrent_trials for a search algorithm given as an instance, so the
+    instance gets the limit itself (without it every trial's process started at once:
+    32 of them ran this 24 GiB machine out of memory)."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     if seed is None:
         return None
     np.random.seed(seed)
-    return BasicVariantGenerator(random_state=seed)
+    return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
 
 
 def _scheduler(name: str, reports: int, space: dict[str, Any]):
@@ -108,10 +192,20 @@ def _scheduler(name: str, reports: int, space: dict[str, Any]):
         # Rungs at 1, 3, 9, ... reports: a trial must beat the median-ish third to go on.
         return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1, reduction_factor=3)
     if name == "pbt":
-        mutations = {k: v for k, v in space.items() if k in ("lr", "n_critic", "lambda_gp", "clip") and hasattr(v, "sample")}
+        # Exploit and explore every other report; a weak trial (bottom quarter) restarts
+        # from a top-quarter trial's checkpoint with its config perturbed (Jaderberg et al. 2017).
         return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=max(1, reports // 4),
-                                       hyperparam_mutations=mutations)
+                                       hyperparam_mutations=pbt_mutations(space))
     return None
+
+
+def pbt_mutations(space: dict[str, Any]) -> dict[str, Any]:
+    """The swept knobs PBT may perturb: ranges and choices that do not depend on the loss
+    (lambda and c exist for one loss each, and a perturbed trial keeps its donor's loss)."""
+    from ray.tune.search.sample import Domain, Function
+
+    return {k: v for k, v in space.items()
+            if k in PBT_KNOBS and isinstance(v, Domain) and not isinstance(v, Function)}
 
 
 def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None, scheduler: str = "asha",
@@ -126,11 +220,12 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
     same seed and space draw the same trials)."""
     if scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    if scheduler == "pbt":
-        raise UserError("--scheduler pbt is not available yet: use asha or none")
     if trials < 1 or reports < 1 or steps < reports:
         raise UserError(f"--trials and --reports must be >= 1 and --steps ({steps}) >= --reports ({reports})")
     param_space = to_param_space(load_space(space_file))
+    if scheduler == "pbt" and not pbt_mutations(param_space):
+        raise UserError(f"--scheduler pbt needs a range or choice of {', '.join(PBT_KNOBS)} in the space to perturb "
+                        f"(lambda and c only without a swept loss): add one to --space")
     manifest = load_manifest(data_dir, verify=True)
     base = dataclasses.replace(base or TrainConfig(), steps=steps, checkpoint_every=max(1, steps // reports),
                                workers=trial_workers, gpu=gpus_per_trial > 0,
@@ -176,8 +271,8 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=objective.METRIC, mode="min", num_samples=trials,
                                         scheduler=_scheduler(scheduler, reports, param_space),
-                                        search_alg=_searcher(search_seed),
-                                        max_concurrent_trials=concurrent),
+                                        search_alg=_searcher(search_seed, concurrent),
+                                        max_concurrent_trials=None if search_seed is not None else concurrent),
             run_config=tune.RunConfig(name=Path(tune_path).name, storage_path=str(Path(tune_path).parent),
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
@@ -221,8 +316,11 @@ def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: s
 
 def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, register: str | None,
                storage_path: str, total_reports: int) -> TuneResult:
-    children = {r.data.tags.get(TRIAL_TAG): r for r in client.search_runs(
-        [tracking.experiment_id(client, experiment)], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")}
+    children: dict[str, Any] = {}
+    for run in client.search_runs([tracking.experiment_id(client, experiment)],
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                  order_by=["attributes.start_time DESC"]):
+        children.setdefault(run.data.tags.get(TRIAL_TAG), run)  # a PBT trial's newest run
     rows = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from pipelines.classifier import train_classifier
 from pipelines.cli import app
 from pipelines.tune import TRIAL_TAG, tune_sweep
+from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
 from wgan.errors import UserError
 
@@ -175,3 +176,47 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, 
         assert run.data.tags["wganctl.completed_steps"] == "90"
     resumed = [m.value for m in client.get_metric_history(interrupted, "train/resumed_from_step")]
     assert resumed == [checkpoint_step]  # the running trial restarted from its checkpoint
+
+
+def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint_with_its_learning_rate(
+        tiny_dataset, ray_session, mlflow_store, tmp_path):
+    classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+    space = tmp_path / "space.yaml"
+    # Two trials side by side (seed 2 draws one of each lr): one learns, the other barely moves,
+    # so at a perturbation PBT restarts the weak one from the strong one's checkpoint.
+    space.write_text("lr: {choice: [1.0e-3, 1.0e-9]}\nn_critic: 1\n")
+    result = tune_sweep(tiny_dataset, trials=2, space_file=str(space), scheduler="pbt", steps=15, reports=3,
+                        max_concurrent=2, experiment="pbt", classifier_run=classifier_run, objective_samples=200,
+                        base=TrainConfig(width=8, z_dim=16, batch=16), storage_path=str(tmp_path / "ray"),
+                        search_seed=2)
+
+    client = MlflowClient()
+    runs = children(client, result.parent_run_id)
+    exploits = [r for r in runs if r.data.tags.get("wganctl.pbt_donor_run")]
+    assert exploits, [(r.data.params["lr"], r.info.status) for r in runs]
+    by_id = {r.info.run_id: r for r in runs}
+    for run in exploits:
+        donor = by_id[run.data.tags["wganctl.pbt_donor_run"]]
+        assert donor.data.tags[TRIAL_TAG] != run.data.tags[TRIAL_TAG]  # another trial's checkpoint
+        # it went on from a step the donor had checkpointed, not from scratch
+        start = [m.value for m in client.get_metric_history(run.info.run_id, "train/resumed_from_step")]
+        assert len(start) == 1 and start[0] > 0
+        assert start[0] in {m.step for m in client.get_metric_history(donor.info.run_id, "objective/frechet_distance")}
+        # with its own (perturbed) learning rate in the optimizers, not the donor's saved one
+        saved = sorted((tmp_path / "ray" / f"wganctl-{run.info.run_id}").glob("checkpoint_0*"))
+        assert saved, "the exploiting run wrote no checkpoint"
+        payload = ckpt.load(saved[-1])
+        lr = float(run.data.params["lr"])
+        assert {g["lr"] for opt in ("g_optimizer", "d_optimizer") for g in payload[opt]["param_groups"]} == {lr}
+    # the exploited run is closed and says by whom; the trials table lists each trial's newest run
+    replaced = [r for r in runs if r.data.tags.get("wganctl.pbt_exploited")]
+    assert replaced and all(r.info.status == "KILLED" for r in replaced)
+    assert len(result.trials) == 2 and {row["run_id"] for row in result.trials} <= set(by_id)
+    assert result.best_run_id in by_id
+
+
+def test_pbt_needs_a_knob_it_can_perturb(tiny_dataset, mlflow_store, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("loss: {choice: [wgan, wgan-gp]}\nlambda_gp: {uniform: [1, 10]}\n")  # lambda exists for one loss
+    with pytest.raises(UserError, match="--scheduler pbt needs a range or choice"):
+        tune_sweep(tiny_dataset, space_file=str(space), scheduler="pbt")
