@@ -22,6 +22,7 @@ and model logging.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -43,12 +44,31 @@ def sweep(scheduler: str, args, storage: str) -> dict:
     result = tune_sweep(args.data, trials=args.trials, scheduler=scheduler, steps=args.steps, reports=args.reports,
                         experiment=f"bench-tune-{scheduler}", classifier_run=args.classifier,
                         base=TrainConfig(width=16, batch=64, seed=0), storage_path=storage, search_seed=args.seed)
-    wall = time.perf_counter() - started
+    return summary(result.trials, time.perf_counter() - started, args)
+
+
+def finished_sweep(parent_run_id: str, args) -> dict:
+    """The figures of a sweep that ran before (its parent run's trials.csv and timestamps)."""
+    import csv
+    import io
+
+    import mlflow
+
+    client = MlflowClient(tracking.tracking_uri())
+    parent = client.get_run(parent_run_id)
+    rows = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"runs:/{parent_run_id}/trials.csv"))))
+    for row in rows:
+        row["reports"] = int(row["reports"])
+    wall = (parent.info.end_time - parent.info.start_time) / 1000
+    return summary(rows, wall, args)
+
+
+def summary(trials: list[dict], wall: float, args) -> dict:
     client = MlflowClient(tracking.tracking_uri())
     interval = args.steps // args.reports
-    trial_steps = sum(row["reports"] * interval for row in result.trials)
+    trial_steps = sum(row["reports"] * interval for row in trials)
     overheads, trainings = [], []
-    for row in result.trials:
+    for row in trials:
         if not row["run_id"]:
             continue
         run = client.get_run(row["run_id"])
@@ -57,12 +77,14 @@ def sweep(scheduler: str, args, storage: str) -> dict:
             training = (max(m.timestamp for m in history) - min(m.timestamp for m in history)) / 1000
             trainings.append(training)
             overheads.append((run.info.end_time - run.info.start_time) / 1000 - training)
-    return {"wall": wall, "trial_steps": trial_steps, "best": result.best_objective, "trials": len(result.trials),
-            "stopped": sum(row["status"] == "stopped early" for row in result.trials),
-            "errors": sum(row["status"] == "error" for row in result.trials),
+    objectives = [float(row["objective"]) for row in trials if row["objective"] not in (None, "")]
+    objectives = [value for value in objectives if math.isfinite(value)]
+    return {"wall": wall, "trial_steps": trial_steps, "best": min(objectives), "trials": len(trials),
+            "stopped": sum(row["status"] == "stopped early" for row in trials),
+            "errors": sum(row["status"] == "error" for row in trials),
             "overhead": statistics.median(overheads) if overheads else float("nan"),
             "training": statistics.median(trainings) if trainings else float("nan"),
-            "per_trial_wall": wall / max(1, len(result.trials))}
+            "per_trial_wall": wall / max(1, len(trials))}
 
 
 def main() -> None:
@@ -73,10 +95,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="generator steps per trial, at most")
     parser.add_argument("--reports", type=int, default=4, help="objective evaluations per trial (ASHA's rungs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of Tune's sampler: both sweeps draw the same trials")
+    parser.add_argument("--full-from", default=None, metavar="RUN_ID",
+                        help="take the full sweep's figures from this finished sweep (parent run) of the same "
+                             "settings instead of running it again")
     args = parser.parse_args()
 
     storage = tempfile.mkdtemp(prefix="bench-tune-")
-    full = sweep("none", args, storage)
+    full = finished_sweep(args.full_from, args) if args.full_from else sweep("none", args, storage)
     asha = sweep("asha", args, storage)
     print(f"\n{args.trials} trials, {args.steps} steps each at most, objective every {args.steps // args.reports} steps "
           f"(storage {storage}, tracking {tracking.tracking_uri()})")

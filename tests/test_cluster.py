@@ -269,21 +269,20 @@ def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path
         # Token auth is on: the dashboard's job API refuses a request without the token.
         assert requests.get(f"{cluster.dashboard}/api/jobs/", timeout=10).status_code == 401
 
-        # prepare: a driver outside the cluster that joins it through RAY_ADDRESS (it needs only
-        # the head's CPU, so it runs while the other nodes start). Not ray://: `prepare --address
-        # ray://...` runs the stage as a task on the cluster, but the Ray Client server of this
-        # token-auth test cluster failed to start ("Starting Ray client server failed"): unproven.
+        # prepare: a driver outside the cluster that connects through Ray Client (ray://, with
+        # the cluster's token) and runs the stage as a task there; it needs only the head's CPU,
+        # so it runs while the other nodes start.
         data = shared / "fmnist-28"
         prepare = OwnedProcess(
             [str(VENV_BIN / "wganctl"), "prepare", "fashion-mnist", "--size", "28", "--limit", "256",
-             "--out", str(data), "--quiet"],
-            {**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, tmp_path / "prepare.log")
+             "--out", str(data), "--quiet", "--address", cluster.client_address],
+            cluster.env, tmp_path / "prepare.log")
         cluster.start_workers(2)
         nodes = cluster.wait_for_nodes(3)
         assert prepare.popen.wait(timeout=JOB_TIMEOUT_S) == 0, prepare.tail()
         assert json.loads((data / "manifest.json").read_text())["count"] == 256
-        prepare_jobs = [j for j in cluster.state("jobs") if "prepare" in (j.get("entrypoint") or "")]
-        assert prepare_jobs and prepare_jobs[0]["status"] == "SUCCEEDED", "prepare never ran on the cluster"
+        prepare_tasks = cluster.state("tasks", name="prepare")  # the stage, run as a task by the client
+        assert prepare_tasks and prepare_tasks[0]["state"] == "FINISHED", "prepare never ran on the cluster"
         tracking_server.wait_ready()
 
         # train: a job on the cluster, two workers, tracking through the server.
