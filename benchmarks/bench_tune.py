@@ -3,7 +3,9 @@
 Run from the repository root, with nothing else running:
 
     .venv/bin/python benchmarks/bench_tune.py --data data/fashion-mnist-28px --classifier RUN_ID \\
-        [--trials 32] [--steps 40] [--reports 4]
+        [--trials 32] [--steps 40] [--reports 4] [--full-from PARENT_RUN_ID]
+
+(--full-from: take the full sweep's figures from a finished one of the same settings.)
 
 Both sweeps are real `wganctl tune` sweeps (`pipelines.tune.tune_sweep`) of the default
 search space (lambda, c, n_critic, lr, loss around the papers' values) with the same
