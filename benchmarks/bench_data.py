@@ -13,6 +13,10 @@ Debian package dataset-fashion-mnist):
    Normalize) in a DataLoader at batch 64, both single-process, as a ratio.
 3. encoding: the same images stored as raw bytes or PNG in zstd parquet: bytes
    on disk and decode speed to float tensors (why the contract says `raw`).
+4. train input: seconds per epoch (first and later ones) as a train worker sees
+   its shard (Ray Data's streaming_split, batch 64, local shuffle), streamed from
+   the shards every epoch against held in the object store
+   (``pipelines.train.training_dataset``), for 512 images and for all 70 000.
 """
 
 from __future__ import annotations
@@ -137,6 +141,40 @@ def bench_encoding(name: str, prepared: Path, work: Path) -> None:
           f"raw is {png_s / raw_s:.0f}x faster to decode, {sizes['raw'] / sizes['png']:.2f}x the bytes")
 
 
+@ray.remote(num_cpus=0)
+def _epoch_seconds(shard, epochs: int) -> list[float]:
+    """What a train worker does with its shard: whole shuffled epochs of batch 64."""
+    seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        for _ in shard.iter_batches(batch_size=BATCH, batch_format="pyarrow", drop_last=True,
+                                    local_shuffle_buffer_size=2048, local_shuffle_seed=epoch):
+            pass
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def bench_train_input(prepared: Path, work: Path) -> None:
+    from pipelines.train import training_dataset
+
+    print(f"\n== train input: seconds per epoch through a train worker's shard, batch {BATCH} ==")
+    small = prepare("fashion-mnist", size=32, limit=512, out=str(work / "fmnist-512"), progress=False).out
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    print(f"{'images':>8} {'path':<28} {'epoch 1':>9} {'epochs 2-4':>11}")
+    for directory in (small, str(prepared)):
+        manifest = load_manifest(directory)
+        later = {}
+        for label, dataset in (
+                ("streamed every epoch", ray.data.read_parquet(shard_paths(directory, manifest), columns=["image", "label"])),
+                ("held (training_dataset)", training_dataset(directory, manifest))):
+            shard = dataset.streaming_split(1, equal=True)[0]
+            seconds = ray.get(_epoch_seconds.remote(shard, 4))
+            later[label] = sum(seconds[1:]) / 3
+            print(f"{manifest['count']:>8} {label:<28} {seconds[0]:>8.2f}s {later[label]:>10.2f}s")
+        streamed, held = later.values()
+        print(f"{'':>8} later epochs, streamed / held: {streamed / held:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
@@ -152,6 +190,7 @@ def main() -> None:
         print(f"\n== encoding: raw vs PNG in zstd parquet, decode to float tensors, batch {BATCH} ==")
         bench_encoding("fashion-mnist", fmnist, work)
         bench_encoding("stl10-format", work / "stl10-64px", work)
+        bench_train_input(fmnist, work)
 
 
 if __name__ == "__main__":

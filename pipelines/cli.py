@@ -220,6 +220,7 @@ def tune(
     register: Optional[str] = typer.Option(None, "--register", help="register the best generator under this model name"),
     resume: bool = typer.Option(False, "--resume", help="continue the experiment's interrupted sweep"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of the search: the same seed and space draw the same trials"),
+    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="trial checkpoints and Tune's state: local dir, s3://, shared FS (./ray_results)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
 ) -> None:
     """Sweep WGAN knobs on Ray Tune; every trial is a train run nested under one MLflow sweep run."""
@@ -230,7 +231,8 @@ def tune(
     result = tune_sweep(data, trials=trials, space_file=str(space) if space else None, scheduler=scheduler,
                         steps=steps, reports=reports, trial_workers=trial_workers, gpus_per_trial=gpus_per_trial,
                         max_concurrent=max_concurrent, experiment=experiment, register=register, resume=resume,
-                        classifier_run=classifier, base=base, address=address, search_seed=seed)
+                        classifier_run=classifier, base=base, storage_path=storage_path, address=address,
+                        search_seed=seed)
     typer.echo(f"sweep run {result.parent_run_id}: {len(result.trials)} trials")
     if result.best_run_id:
         typer.echo(f"best trial run {result.best_run_id}: Frechet distance {result.best_objective:.3f} with {result.best_config}")

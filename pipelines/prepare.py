@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
 import posixpath
 import secrets
 from collections.abc import Iterable
@@ -33,7 +32,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
 import wgan
-from pipelines.ray_cluster import init_ray
+from pipelines.ray_cluster import init_ray, is_ray_client, run_through_ray_client
 from wgan.data import fs as datafs
 from wgan.data.imagefolder import load_image_folder
 from wgan.data.images import pack_images
@@ -81,11 +80,11 @@ def prepare(
     """
     from wgan.data.sources import load_dataset  # here, not at the top: Ray workers import this module and need no torchvision
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address and address.startswith("ray://"):
-        return _prepare_through_ray_client(address, dict(
+    if is_ray_client(address):
+        return run_through_ray_client(prepare, address, dict(
             dataset=dataset, path=path, size=size, channels=channels, splits=splits, limit=limit, seed=seed,
-            source_dir=source_dir, out=out, force=force, strict=strict, rows_per_shard=rows_per_shard))
+            source_dir=source_dir, out=out, force=force, strict=strict, progress=False,
+            rows_per_shard=rows_per_shard))
     params = _validated_params(dataset, path, size, channels, splits, limit, seed, source_dir, strict, rows_per_shard)
     out = datafs.absolute(out or default_out(dataset, path, size))
     filesystem, out_path = datafs.resolve(out)
@@ -115,23 +114,6 @@ def prepare(
         if datafs.exists(filesystem, tmp):
             filesystem.delete_dir(tmp)
     return PrepareResult(out, manifest)
-
-
-def _prepare_through_ray_client(address: str, kwargs: dict[str, Any]) -> PrepareResult:
-    """Run the whole stage as one task on the cluster: Ray Data's executor needs a core
-    worker in its driver, which a Ray Client (ray://) driver lacks, and a task has one.
-    Paths are then the cluster's: the source and ``out`` as the cluster's nodes see them."""
-    from ray.exceptions import RayTaskError
-
-    init_ray(address)
-    # 0 CPUs: the task only drives; the encoding tasks it starts take the CPUs.
-    task = ray.remote(num_cpus=0, max_retries=0)(prepare)
-    try:
-        return ray.get(task.remote(**kwargs, progress=False, address=None))
-    except RayTaskError as err:
-        if isinstance(err.cause, UserError):
-            raise err.cause from None
-        raise
 
 
 def default_out(dataset: str, path: str | None, size: int) -> str:

@@ -5,12 +5,28 @@ from __future__ import annotations
 import math
 import os
 
+from typing import Any, Callable
+
 import ray
 
-# Ray Train V2's controller collects a worker's report only when it polls (every 2 s by
-# default) and a worker's next report waits for that: measured here, every report after
-# the first blocked 2.0 s, 0.25 s with 0.25. Small runs checkpoint more often than that.
-TRAIN_POLL_INTERVAL_S = "0.25"
+from wgan.errors import UserError
+
+# Settings for a Ray started on this machine (a cluster keeps its own):
+LOCAL_RAY_ENV = {
+    # Ray Train V2's controller collects a worker's report only when it polls (every 2 s by
+    # default) and a worker's next report waits for that: measured here, every report after
+    # the first blocked 2.0 s, 0.25 s with 0.25. Small runs checkpoint more often than that.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    # A local machine is never a preempted cloud instance: no watcher actor, whose process
+    # start-up (about 3 s here) is on every run's path.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+def use_local_ray_env() -> None:
+    """Apply LOCAL_RAY_ENV (unless the user set a value) before a local Ray starts: its processes inherit it."""
+    for key, value in LOCAL_RAY_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def init_ray(address: str | None = None, verbose: bool = False) -> bool:
@@ -21,17 +37,51 @@ def init_ray(address: str | None = None, verbose: bool = False) -> bool:
     trial) only after Ray's state API, served by the dashboard, says so; without it
     those CPUs stay held until Ray stops. Worker logs reach the terminal only with
     ``verbose``: errors come back through exceptions anyway.
-    A local Ray also polls train workers every 0.25 s (see TRAIN_POLL_INTERVAL_S);
-    a cluster keeps its own setting.
+    A local Ray also gets LOCAL_RAY_ENV (train workers polled every 0.25 s, no
+    preemption watcher); a cluster keeps its own settings.
     """
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=verbose)
         else:
-            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_INTERVAL_S)
+            use_local_ray_env()
             ray.init(include_dashboard=True, log_to_driver=verbose)
     return not address
+
+
+def is_ray_client(address: str | None) -> bool:
+    """True when ``address`` (or RAY_ADDRESS) is a Ray Client address, ray://host:port."""
+    return (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://")
+
+
+def run_through_ray_client(stage: Callable[..., Any], address: str | None, kwargs: dict[str, Any]) -> Any:
+    """Run a whole stage as one task on the cluster behind ``address`` (or RAY_ADDRESS), a
+    ray:// address, and return its result.
+
+    A Ray Client driver has no core worker of its own, and Ray Data's executor (prepare's
+    encoding, train's and evaluate's reads) and Tune's driver need one; a task on the
+    cluster has one. The task takes no CPU (the stage's own tasks and workers take
+    them), joins the cluster it runs on (``address="auto"``), and logs to this machine's
+    MLFLOW_TRACKING_URI when one is set (else the cluster's own). Paths are the cluster's.
+    A UserError comes back as itself (one line, exit 2); Ctrl-C cancels the task, which
+    the stage sees as its own Ctrl-C.
+    """
+    from ray.exceptions import RayTaskError
+
+    init_ray(address or os.environ["RAY_ADDRESS"])
+    env = {key: os.environ[key] for key in ("MLFLOW_TRACKING_URI",) if os.environ.get(key)}
+    task = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": env})(stage)
+    ref = task.remote(**{**kwargs, "address": "auto"})
+    try:
+        return ray.get(ref)
+    except KeyboardInterrupt:
+        ray.cancel(ref)
+        raise
+    except RayTaskError as err:
+        if isinstance(err.cause, UserError):
+            raise err.cause from None
+        raise
 
 
 def worker_resources(workers: int, gpu: bool, local: bool,

@@ -125,6 +125,10 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
                      "step": int(earlier[0].data.tags.get("wganctl.completed_steps", 0))})
         return
     chosen = {k: v for k, v in config.items() if v is not None}
+    if exploited and earlier and earlier[0].info.status == "RUNNING":
+        # PBT: the run this trial had so far ends here; the trial goes on from another's checkpoint.
+        client.set_tag(earlier[0].info.run_id, "wganctl.pbt_exploited", f"continued from {donor['run_id']}")
+        client.set_terminated(earlier[0].info.run_id, status="KILLED")
     if exploited and donor["step"] >= TrainConfig.from_dict({**base, **chosen}).steps:
         # PBT cloned a trial at its last report: nothing is left to train.
         tune.report({"step": donor["step"], objective.METRIC: donor["objective"]})
@@ -135,9 +139,6 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
     if exploited:
         # PBT: this trial goes on from another trial's checkpoint with perturbed
         # hyperparameters, as a new child run (a run's parameters cannot change).
-        if earlier and earlier[0].info.status == "RUNNING":
-            client.set_tag(earlier[0].info.run_id, "wganctl.pbt_exploited", f"continued from {donor['run_id']}")
-            client.set_terminated(earlier[0].info.run_id, status="KILLED")
         kwargs = dict(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir, parent_run_id=parent_run_id,
                       tags={TRIAL_TAG: trial_id, PBT_DONOR_TAG: donor["run_id"]}, init_checkpoint=donor["path"],
                       **common)
@@ -185,18 +186,39 @@ def _searcher(seed: int | None, concurrent: int):
     return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
 
 
-def _scheduler(name: str, reports: int, space: dict[str, Any]):
+def _scheduler(name: str, reports: int, space: dict[str, Any], whole_population_at_once: bool):
+    """ASHA, PBT or none (None).
+
+    PBT is synchronous when every trial runs at once: each perturbation then ranks the
+    whole population at the same report. Asynchronous PBT ranks a trial against the
+    others' latest reports and clones only a trial that was in the top quarter at one of
+    its own earlier perturbations; in a small population whose trials report within
+    seconds of each other that depends on who reports first (a 2-trial sweep exploited in
+    2 of 5 runs here). With more trials than run at once, it stays asynchronous: waiting
+    at a barrier would pause and restart every trial at every perturbation.
+    """
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
     if name == "asha":
-        # Rungs at 1, 3, 9, ... reports: a trial must beat the median-ish third to go on.
-        return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1, reduction_factor=3)
+        # Rungs at 1, 4, 16, ... reports: a trial goes on only if it is in the top quarter
+        # of those that reached its rung (reduction factor 4: Ray Tune's default for ASHA, Li et al. 2020).
+        return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1, reduction_factor=4)
     if name == "pbt":
-        # Exploit and explore every other report; a weak trial (bottom quarter) restarts
-        # from a top-quarter trial's checkpoint with its config perturbed (Jaderberg et al. 2017).
-        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=max(1, reports // 4),
-                                       hyperparam_mutations=pbt_mutations(space))
+        # A weak trial (bottom quarter) restarts from a top-quarter trial's checkpoint with
+        # its config perturbed (Jaderberg et al. 2017).
+        return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=pbt_interval(reports),
+                                       hyperparam_mutations=pbt_mutations(space), synch=whole_population_at_once)
     return None
+
+
+def pbt_interval(reports: int) -> int:
+    """Reports between PBT's perturbations: about a quarter of a trial's reports, and never
+    a divisor of their number, so that no perturbation falls on the last report (an exploit
+    there would restart a trial only to stop it). 8 reports: perturbations at 3 and 6."""
+    interval = max(1, reports // 4)
+    while reports % interval == 0:
+        interval += 1
+    return interval
 
 
 def pbt_mutations(space: dict[str, Any]) -> dict[str, Any]:
@@ -218,11 +240,22 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
 
     ``search_seed`` makes the sampled trial configurations reproducible (two sweeps with the
     same seed and space draw the same trials)."""
+    from pipelines.ray_cluster import is_ray_client, run_through_ray_client
+
+    if is_ray_client(address):
+        return run_through_ray_client(tune_sweep, address, dict(
+            data_dir=data_dir, trials=trials, space_file=space_file, scheduler=scheduler, steps=steps,
+            reports=reports, trial_workers=trial_workers, gpus_per_trial=gpus_per_trial,
+            max_concurrent=max_concurrent, experiment=experiment, register=register, resume=resume,
+            classifier_run=classifier_run, objective_samples=objective_samples, base=base,
+            storage_path=storage_path, search_seed=search_seed))
     if scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if trials < 1 or reports < 1 or steps < reports:
         raise UserError(f"--trials and --reports must be >= 1 and --steps ({steps}) >= --reports ({reports})")
     param_space = to_param_space(load_space(space_file))
+    if scheduler == "pbt" and reports < 3:
+        raise UserError(f"--scheduler pbt needs --reports 3 or more (a perturbation before the last report), got {reports}")
     if scheduler == "pbt" and not pbt_mutations(param_space):
         raise UserError(f"--scheduler pbt needs a range or choice of {', '.join(PBT_KNOBS)} in the space to perturb "
                         f"(lambda and c only without a swept loss): add one to --space")
@@ -270,7 +303,7 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=objective.METRIC, mode="min", num_samples=trials,
-                                        scheduler=_scheduler(scheduler, reports, param_space),
+                                        scheduler=_scheduler(scheduler, reports, param_space, trials <= concurrent),
                                         search_alg=_searcher(search_seed, concurrent),
                                         max_concurrent_trials=None if search_seed is not None else concurrent),
             run_config=tune.RunConfig(name=Path(tune_path).name, storage_path=str(Path(tune_path).parent),

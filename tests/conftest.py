@@ -14,9 +14,9 @@ import ray
 def ray_session():
     """A real local Ray with both cores, started once: Ray start-up is the slowest thing here."""
     if not ray.is_initialized():
-        from pipelines.ray_cluster import TRAIN_POLL_INTERVAL_S
+        from pipelines.ray_cluster import use_local_ray_env
 
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_INTERVAL_S)  # as init_ray does
+        use_local_ray_env()  # as init_ray does
         # The dashboard too, as init_ray starts it: Ray Train's cleaner of dead runs needs it.
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=True, log_to_driver=False)
     yield

@@ -5,9 +5,10 @@ process group: three `ray start --block` nodes on this machine (Ray's token
 authentication on, the token shared through RAY_AUTH_TOKEN as KubeRay does it),
 and `wganctl server` (MLflow's server: sqlite backend, artifacts served through
 it). Stages reach the cluster the ways a user would: `wganctl prepare` as a
-driver joining through RAY_ADDRESS=HOST:PORT (with RAY_AUTH_MODE=token, which an
-explicit address needs), `wganctl train` (and `evaluate`, once that stage
-exists) through `ray job submit` to the dashboard's job API.
+driver on this machine connected through Ray Client (ray://), `wganctl train` and
+`evaluate` through `ray job submit` to the dashboard's job API, then evaluate,
+train and tune once more through Ray Client: every stage is run as a task on the
+cluster, with Ray's token and the tracking server's address from this machine.
 
 Why three nodes: Ray Train places each CPU worker on a whole CPU, and Ray Data's
 read tasks need a CPU of their own. Two one-CPU nodes and two workers leave no
@@ -351,9 +352,47 @@ def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path
                 env_vars={"MLFLOW_TRACKING_URI": tracking_server.uri}, timeout=JOB_TIMEOUT_S)
             fid = tracking_server.metric_steps(run_id, "eval/fid")
             assert fid, output[-3000:]
+
+        # ---- the same stages from outside the cluster, through Ray Client (ray://): each runs as one
+        # task there (pipelines.ray_cluster.run_through_ray_client), logging to this machine's server.
+        # Train and tune run side by side (a worker each on the three one-CPU nodes).
+        client_env = {**cluster.env, "MLFLOW_TRACKING_URI": tracking_server.uri}
+        evaluated = run_clients([["evaluate", run_id, "--n", "32", "--metrics", "fid", "--checkpoint", "2"]],
+                                cluster.client_address, client_env, tmp_path)[0]
+        assert tracking_server.metric_steps(run_id, "eval/fid") == [2, 4], evaluated
+        trained, swept = run_clients(
+            [["train", "--data", str(data), "--width", "8", "--steps", "2", "--batch", "16", "--n-critic", "1",
+              "--sample-every", "2", "--checkpoint-every", "2", "--storage-path", str(checkpoints), "--quiet"],
+             ["tune", "--data", str(data), "--trials", "1", "--steps", "2", "--reports", "1", "--scheduler", "none",
+              "--width", "8", "--batch", "16", "--storage-path", str(shared / "sweeps")]],
+            cluster.client_address, client_env, tmp_path)
+        client_run = re.search(r"^run ([0-9a-f]{32}): 2 steps", trained, re.MULTILINE)
+        assert client_run, trained
+        assert tracking_server.api("GET", "runs/get", params={"run_id": client_run.group(1)})["run"]["info"]["status"] == "FINISHED"
+        sweep = re.search(r"^sweep run ([0-9a-f]{32}): 1 trials", swept, re.MULTILINE)
+        assert sweep and re.search(r"^best trial run [0-9a-f]{32}: Frechet distance", swept, re.MULTILINE), swept
+        assert tracking_server.api("GET", "runs/get", params={"run_id": sweep.group(1)})["run"]["info"]["status"] == "FINISHED"
+        for stage in ("evaluate", "train", "tune_sweep"):
+            ran = cluster.state("tasks", name=stage)
+            assert ran and all(t["state"] == "FINISHED" for t in ran), f"{stage} never ran on the cluster: {ran}"
     finally:
         cluster.stop()
     assert not any(node.alive() for node in cluster.nodes)
+
+
+def run_clients(commands: list[list[str]], address: str, env: dict, logs: Path) -> list[str]:
+    """`wganctl COMMAND --address ADDRESS` for each command at once, on this machine as Ray Client
+    drivers; their outputs, once all succeeded."""
+    processes = [OwnedProcess([str(VENV_BIN / "wganctl"), *args, "--address", address], env, logs / f"{args[0]}.log")
+                 for args in commands]
+    try:
+        codes = [process.popen.wait(timeout=JOB_TIMEOUT_S) for process in processes]
+    finally:
+        for process in processes:
+            process.stop()
+    for args, process, code in zip(commands, processes, codes):
+        assert code == 0, f"wganctl {args[0]} through ray:// failed:\n{process.tail(60)}"
+    return [process.log.read_text(errors="replace") for process in processes]
 
 
 def _expand_ranges(text: str) -> set[int]:

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from pipelines.classifier import train_classifier
 from pipelines.cli import app
-from pipelines.tune import TRIAL_TAG, tune_sweep
+from pipelines.tune import TRIAL_TAG, pbt_interval, tune_sweep
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
 from wgan.errors import UserError
@@ -60,7 +60,7 @@ def test_asha_stops_weak_trials_survives_a_diverging_one_and_registers_the_best(
 
     by_lr = sorted(result.trials, key=lambda row: row["lr"])
     statuses = [(row["lr"], row["status"], row["reports"]) for row in by_lr]
-    # ASHA (rungs at reports 1 and 3): the barely-moving trial loses at the first rung.
+    # ASHA (a rung at report 1; the next, at 4, is past the last): the barely-moving trial loses there.
     assert statuses == [(1e-9, "stopped early", 1), (1e-3, "finished", 3), (1e4, "error", 0)], statuses
     learner = by_lr[1]
     assert result.best_run_id == learner["run_id"]
@@ -178,15 +178,13 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, 
     assert resumed == [checkpoint_step]  # the running trial restarted from its checkpoint
 
 
-@pytest.mark.skip(reason="timing-dependent, so out of CI until made deterministic (issue 4): PBT clones a trial only "
-                         "if it was in the top quantile at an earlier perturbation; passed 2 of 5 runs here")
 def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint_with_its_learning_rate(
         tiny_dataset, ray_session, mlflow_store, tmp_path):
     classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
     space = tmp_path / "space.yaml"
-    # Two trials side by side (seed 1 draws one of each lr, the learner first, so that it has
-    # reported by the time the other one does): one learns, the other barely moves, so at a
-    # perturbation PBT restarts the weak one from the strong one's checkpoint.
+    # Two trials side by side, so PBT is synchronous: at its one perturbation (report 2 of 3)
+    # it ranks both and restarts the weaker from the stronger one's checkpoint, whichever
+    # reported first.
     space.write_text("lr: {choice: [1.0e-3, 1.0e-9]}\nn_critic: 1\n")
     result = tune_sweep(tiny_dataset, trials=2, space_file=str(space), scheduler="pbt", steps=15, reports=3,
                         max_concurrent=2, experiment="pbt", classifier_run=classifier_run, objective_samples=200,
@@ -218,8 +216,17 @@ def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint_with_its_learni
     assert result.best_run_id in by_id
 
 
+def test_pbt_perturbs_about_every_quarter_of_a_trial_but_never_at_its_last_report():
+    assert {reports: pbt_interval(reports) for reports in (3, 4, 8, 12, 16)} == {3: 2, 4: 3, 8: 3, 12: 5, 16: 5}
+    for reports in range(3, 40):
+        assert reports % pbt_interval(reports) != 0
+
+
 def test_pbt_needs_a_knob_it_can_perturb(tiny_dataset, mlflow_store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("loss: {choice: [wgan, wgan-gp]}\nlambda_gp: {uniform: [1, 10]}\n")  # lambda exists for one loss
     with pytest.raises(UserError, match="--scheduler pbt needs a range or choice"):
         tune_sweep(tiny_dataset, space_file=str(space), scheduler="pbt")
+    space.write_text("lr: {loguniform: [1.0e-5, 1.0e-3]}\n")
+    with pytest.raises(UserError, match="--scheduler pbt needs --reports 3 or more"):
+        tune_sweep(tiny_dataset, space_file=str(space), scheduler="pbt", reports=2, steps=10)
