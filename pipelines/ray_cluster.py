@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 from typing import Any, Callable
 
@@ -69,7 +70,7 @@ def run_through_ray_client(stage: Callable[..., Any], address: str | None, kwarg
     """
     from ray.exceptions import RayTaskError
 
-    init_ray(address or os.environ["RAY_ADDRESS"])
+    _connect_client(address or os.environ["RAY_ADDRESS"])
     env = {key: os.environ[key] for key in ("MLFLOW_TRACKING_URI",) if os.environ.get(key)}
     task = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": env})(stage)
     ref = task.remote(**{**kwargs, "address": "auto"})
@@ -82,6 +83,28 @@ def run_through_ray_client(stage: Callable[..., Any], address: str | None, kwarg
         if isinstance(err.cause, UserError):
             raise err.cause from None
         raise
+
+
+CLIENT_CONNECT_ATTEMPTS = 3
+CLIENT_CONNECT_RETRY_S = 5.0
+
+
+def _connect_client(address: str) -> None:
+    """Connect through Ray Client, trying again a few times when the head cannot start
+    this client's server yet: right after a head starts, its runtime-env agent may not
+    answer (seen here: "Starting Ray client server failed", once in several runs)."""
+    import time
+
+    for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
+        try:
+            init_ray(address)
+            return
+        except ConnectionAbortedError as err:
+            if attempt == CLIENT_CONNECT_ATTEMPTS or "client server failed" not in str(err):
+                raise
+            print(f"Ray Client: the cluster at {address} could not start a client server yet; "
+                  f"trying again in {CLIENT_CONNECT_RETRY_S:g} s", file=sys.stderr)
+            time.sleep(CLIENT_CONNECT_RETRY_S)
 
 
 def worker_resources(workers: int, gpu: bool, local: bool,
