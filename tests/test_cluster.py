@@ -355,17 +355,19 @@ def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path
 
         # ---- the same stages from outside the cluster, through Ray Client (ray://): each runs as one
         # task there (pipelines.ray_cluster.run_through_ray_client), logging to this machine's server.
-        # All three at once (nothing they need is held by another for good: the evaluation's
-        # reference features are cached, and a train or tune worker takes one of three CPUs).
+        # Evaluate first, then train and tune side by side (a worker each on the three one-CPU
+        # nodes, one CPU left for reading). All three at once hung here until the timeout:
+        # the evaluation's actors took the CPU the others' Ray Data reads were waiting for.
         client_env = {**cluster.env, "MLFLOW_TRACKING_URI": tracking_server.uri}
-        evaluated, trained, swept = run_clients(
-            [["evaluate", run_id, "--n", "32", "--metrics", "fid", "--checkpoint", "2"],
-             ["train", "--data", str(data), "--width", "8", "--steps", "2", "--batch", "16", "--n-critic", "1",
+        evaluated = run_clients([["evaluate", run_id, "--n", "32", "--metrics", "fid", "--checkpoint", "2"]],
+                                cluster.client_address, client_env, tmp_path)[0]
+        assert tracking_server.metric_steps(run_id, "eval/fid") == [2, 4], evaluated
+        trained, swept = run_clients(
+            [["train", "--data", str(data), "--width", "8", "--steps", "2", "--batch", "16", "--n-critic", "1",
               "--sample-every", "2", "--checkpoint-every", "2", "--storage-path", str(checkpoints), "--quiet"],
              ["tune", "--data", str(data), "--trials", "1", "--steps", "2", "--reports", "1", "--scheduler", "none",
               "--width", "8", "--batch", "16", "--storage-path", str(shared / "sweeps")]],
             cluster.client_address, client_env, tmp_path)
-        assert tracking_server.metric_steps(run_id, "eval/fid") == [2, 4], evaluated
         client_run = re.search(r"^run ([0-9a-f]{32}): 2 steps", trained, re.MULTILINE)
         assert client_run, trained
         assert tracking_server.api("GET", "runs/get", params={"run_id": client_run.group(1)})["run"]["info"]["status"] == "FINISHED"
