@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-
+import time
 from typing import Any, Callable
 
 import ray
@@ -93,8 +93,6 @@ def _connect_client(address: str) -> None:
     """Connect through Ray Client, trying again a few times when the head cannot start
     this client's server yet: right after a head starts, its runtime-env agent may not
     answer (seen here: "Starting Ray client server failed", once in several runs)."""
-    import time
-
     for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
         try:
             init_ray(address)
