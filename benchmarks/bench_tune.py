@@ -3,7 +3,7 @@
 Run from the repository root, with nothing else running:
 
     .venv/bin/python benchmarks/bench_tune.py --data data/fashion-mnist-28px --classifier RUN_ID \\
-        [--trials 32] [--steps 40] [--reports 8] [--full-from PARENT_RUN_ID]
+        [--trials 32] [--steps 192] [--reports 16] [--full-from PARENT_RUN_ID]
 
 (--full-from: take the full sweep's figures from a finished one of the same settings.)
 
@@ -94,9 +94,10 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a prepared, labelled dataset")
     parser.add_argument("--classifier", required=True, help="MLflow run id of `wganctl train-classifier` on it")
     parser.add_argument("--trials", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=40, help="generator steps per trial, at most")
-    parser.add_argument("--reports", type=int, default=8,
-                        help="objective evaluations per trial (ASHA's rungs count these; 8 as `wganctl tune`)")
+    parser.add_argument("--steps", type=int, default=192,
+                        help="generator steps per trial, at most (a multiple of --reports)")
+    parser.add_argument("--reports", type=int, default=16,
+                        help="objective evaluations per trial (ASHA's rungs count these; 16 as `wganctl tune`)")
     parser.add_argument("--seed", type=int, default=0, help="seed of Tune's sampler: both sweeps draw the same trials")
     parser.add_argument("--full-from", default=None, metavar="RUN_ID",
                         help="take the full sweep's figures from this finished sweep (parent run) of the same "

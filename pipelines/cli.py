@@ -209,7 +209,8 @@ def tune(
     space: Optional[Path] = typer.Option(None, "--space", help="YAML search space (default: lambda, clip, n_critic, lr, loss around the papers' values)"),
     scheduler: str = typer.Option("asha", "--scheduler", help="asha (early stopping), pbt or none"),
     steps: int = typer.Option(400, "--steps", help="generator steps per trial (at most)"),
-    reports: int = typer.Option(8, "--reports", help="objective evaluations per trial (ASHA's rungs count these)"),
+    reports: int = typer.Option(16, "--reports", help="objective evaluations per trial, every steps/reports steps "
+                                 "(ASHA's rungs count these: 1, 4, 16)"),
     trial_workers: int = typer.Option(1, "--trial-workers", help="Ray Train workers per trial"),
     gpus_per_trial: float = typer.Option(0, "--gpus-per-trial", help="GPUs per trial worker (0: CPU)"),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="trials running at once (default: what fits)"),

@@ -202,6 +202,10 @@ def _scheduler(name: str, reports: int, space: dict[str, Any], whole_population_
     if name == "asha":
         # Rungs at 1, 4, 16, ... reports: a trial goes on only if it is in the top quarter
         # of those that reached its rung (reduction factor 4: Ray Tune's default for ASHA, Li et al. 2020).
+        # The default 16 reports give it rungs at 1 and 4 of 16: 32 trials one at a time spent
+        # 0.23 of a full sweep and found its best within 2% (benchmarks/bench_tune.py). With 8
+        # reports the rungs are 1 and 4 of 8, and the asynchronous promotions (the first trials
+        # at a rung always pass) spent 0.31-0.34 (benchmarks/replay_asha.py).
         return ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1, reduction_factor=4)
     if name == "pbt":
         # A weak trial (bottom quarter) restarts from a top-quarter trial's checkpoint with
@@ -231,7 +235,7 @@ def pbt_mutations(space: dict[str, Any]) -> dict[str, Any]:
 
 
 def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None, scheduler: str = "asha",
-               steps: int = 400, reports: int = 8, trial_workers: int = 1, gpus_per_trial: float = 0,
+               steps: int = 400, reports: int = 16, trial_workers: int = 1, gpus_per_trial: float = 0,
                max_concurrent: int | None = None, experiment: str = "wganctl-tune", register: str | None = None,
                resume: bool = False, classifier_run: str | None = None, objective_samples: int = 500,
                base: TrainConfig | None = None, storage_path: str | None = None,
@@ -253,6 +257,10 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
         raise UserError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if trials < 1 or reports < 1 or steps < reports:
         raise UserError(f"--trials and --reports must be >= 1 and --steps ({steps}) >= --reports ({reports})")
+    if steps % reports:
+        below, above = steps - steps % reports, steps - steps % reports + reports
+        raise UserError(f"--steps ({steps}) must be a multiple of --reports ({reports}), e.g. {below} or {above}: "
+                        f"the objective is computed every steps/reports steps")
     param_space = to_param_space(load_space(space_file))
     if scheduler == "pbt" and reports < 3:
         raise UserError(f"--scheduler pbt needs --reports 3 or more (a perturbation before the last report), got {reports}")

@@ -222,6 +222,11 @@ def test_pbt_perturbs_about_every_quarter_of_a_trial_but_never_at_its_last_repor
         assert reports % pbt_interval(reports) != 0
 
 
+def test_steps_that_do_not_split_into_reports_are_refused_with_multiples_that_do(tiny_dataset, mlflow_store):
+    with pytest.raises(UserError, match=r"--steps \(200\) must be a multiple of --reports \(16\), e.g. 192 or 208"):
+        tune_sweep(tiny_dataset, steps=200, reports=16)
+
+
 def test_pbt_needs_a_knob_it_can_perturb(tiny_dataset, mlflow_store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("loss: {choice: [wgan, wgan-gp]}\nlambda_gp: {uniform: [1, 10]}\n")  # lambda exists for one loss
