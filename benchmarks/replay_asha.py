@@ -9,7 +9,7 @@ It replays Ray Tune's own ASHA bracket (`ray.tune.schedulers.async_hyperband._Br
 the stop rule `ASHAScheduler` applies) on the objective history that every trial of
 the full sweep logged, trials in the order they started and one at a time, as a
 sweep on this 2-core machine runs them. A trial stopped at report r has spent r
-reports; its best objective is the one at r. This assumes a trial's objective does not
+reports and scores the best objective it reported up to r (as the sweep's trials.csv). This assumes a trial's objective does not
 depend on the scheduler (same seed, same data order), which holds up to CPU
 nondeterminism. A replay is a prediction: `bench_tune.py` measures a real ASHA sweep.
 """
@@ -21,6 +21,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,11 +30,6 @@ from ray.tune.schedulers.async_hyperband import _Bracket  # noqa: E402
 
 from pipelines import tracking  # noqa: E402
 from pipelines.objective import METRIC  # noqa: E402
-
-
-class _Trial:
-    def __init__(self, trial_id: str):
-        self.trial_id = trial_id
 
 
 def histories(parent_run_id: str) -> list[list[float]]:
@@ -52,14 +48,14 @@ def replay(trials: list[list[float]], reports: int, factor: int, grace: int) -> 
     bracket = _Bracket(grace, reports, factor, 0)
     spent, best = 0, math.inf
     for index, values in enumerate(trials):
-        trial = _Trial(str(index))
+        trial = SimpleNamespace(trial_id=str(index))  # all the bracket reads of a trial
         for report, value in enumerate(values[:reports], start=1):
             spent += 1
             if math.isfinite(value):
                 best = min(best, value)
             if report >= reports or bracket.on_result(trial, report, -value) == "STOP":  # mode min
                 break
-    return spent, best, sorted(milestone for milestone, _ in bracket._rungs)
+    return spent, best, sorted(milestone for milestone, _ in bracket._rungs if milestone < reports)  # max_t ends a trial
 
 
 def main() -> None:
@@ -72,7 +68,7 @@ def main() -> None:
     trials = histories(args.parent_run_id)
     reports = max(len(values) for values in trials)
     full_spent = sum(len(values) for values in trials)
-    full_best = min(values[-1] for values in trials if values and math.isfinite(values[-1]))
+    full_best = min(value for values in trials for value in values if math.isfinite(value))
     print(f"{len(trials)} trials, {reports} reports each at most; full sweep: {full_spent} reports, best {full_best:.1f}")
     print(f"{'factor':>6} {'grace':>5}  {'rungs':<12} {'spent / full':>12} {'best / full best':>16}")
     for factor in (int(f) for f in args.factors.split(",")):

@@ -227,6 +227,20 @@ def test_steps_that_do_not_split_into_reports_are_refused_with_multiples_that_do
         tune_sweep(tiny_dataset, steps=200, reports=16)
 
 
+def test_asha_replay_applies_ray_tunes_stop_rule_to_trials_run_one_after_another():
+    """benchmarks/replay_asha.py, on histories whose outcome follows from ASHA's rule by hand."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("replay_asha", Path(__file__).parents[1] / "benchmarks" / "replay_asha.py")
+    replay_asha = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay_asha)
+    trials = [[10.0, 9.0, 8.0, 7.0],  # first at rung 1: nothing to compare with, runs to the end
+              [20.0, 1.0, 1.0, 1.0],  # worse than the first at rung 1: stopped there (its later 1.0 never happens)
+              [5.0, 4.0, 3.0, 2.0]]   # in the top quarter of {10, 20}: runs to the end
+    spent, best, rungs = replay_asha.replay(trials, reports=4, factor=4, grace=1)
+    assert (spent, best, rungs) == (9, 2.0, [1])  # report 4 is the end, not a rung
+
+
 def test_pbt_needs_a_knob_it_can_perturb(tiny_dataset, mlflow_store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("loss: {choice: [wgan, wgan-gp]}\nlambda_gp: {uniform: [1, 10]}\n")  # lambda exists for one loss
