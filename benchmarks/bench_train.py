@@ -30,13 +30,18 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
    TFLOP/s (FLOPs of one plain-loop step counted by torch.utils.flop_counter: convolutions and
    matrix products, forward, backward and the penalty's double backward) and its share of the
    card's dense bf16 peak.
-2. Ray Train: `pipelines.train.train` with one worker, MLflow on (a temporary sqlite store),
-   on Fashion-MNIST 28 px prepared into a temporary directory (or --data), with the default
-   logging interval (shortened for runs too short to hold 8 intervals). Its rate is the median
-   of the run's logged `throughput/images_per_s` values without the first interval (start-up).
-   The plain loop and our step are timed at the same settings and torch thread count in
-   this process, alternating, before and after the run. Ray's workers run at nice 0 here,
-   not Ray's default 15, so that they compete for the CPU as this process does.
+2. Ray Train: `pipelines.train.train` with one worker (a CPU process; with --device cuda one
+   GPU worker, as `--gpu` trains), MLflow on (a temporary sqlite store), on Fashion-MNIST 28 px
+   prepared into a temporary directory (or --data), with the default logging interval
+   (shortened for runs too short to hold 8 intervals). A run's rate is the median of its logged
+   `throughput/images_per_s` values without the first interval (start-up). --ray-rounds runs
+   (default: --rounds), each between two rounds of timing of the plain loop and our step before it
+   and two after it, at the same settings (and, on a CPU, the worker's torch thread count) in this
+   process; a run's ratio is its rate over the median of those four, so that a slow drift of a
+   shared machine cancels, and the table gives the median of the runs' ratios. The
+   data is held by the worker, as for any dataset that fits (--stream: streamed through Ray
+   Data's iterator, the path of larger ones). Ray's workers run at nice 0 here, not Ray's
+   default 15, so that they compete for the CPU as this process does.
    Ray Train + MLflow / plain is the target; / ours is the pipeline's own overhead.
 """
 
@@ -234,43 +239,62 @@ def bench_step(sizes: list[int], width: int, batch: int, steps: int, rounds: int
         print(f"({size} px: {flops / 1e9:.1f} GFLOP per step; took {time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, rounds: int, work: Path) -> None:
+def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, rounds: int, work: Path,
+              device: torch.device, stream: bool) -> None:
     from mlflow.tracking import MlflowClient
 
+    import pipelines.train
     from pipelines.prepare import prepare
     from pipelines.ray_cluster import init_ray, worker_resources
-    from pipelines.train import train
 
-    print(f"\n== Ray Train, 1 worker, MLflow logging on, 28 px, {train_steps} steps ==")
+    gpu = device.type == "cuda"
+    print(f"\n== Ray Train, 1 {'GPU' if gpu else 'CPU'} worker, MLflow logging on, 28 px, {rounds} runs of "
+          f"{train_steps} steps, data {'streamed through Ray Data' if stream else 'held by the worker'} ==")
     os.chdir(work)  # the MLflow store, its artifacts and Ray's results stay in the temporary directory
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     os.environ["RAY_worker_niceness"] = "0"  # Ray's default 15 starves the worker on a shared machine
+    if stream:  # the path of a dataset too large to hold: every batch through Ray Data's iterator
+        pipelines.train.MATERIALIZE_MAX_SHARE = 0.0
     init_ray()
     if data_dir is None:
         data_dir = prepare("fashion-mnist", size=28, splits=["train"], out=str(work / "fm28"), progress=False).out
     # the default logging interval, shortened where the run is too short for 8 intervals
-    cfg = config(28, width, steps=train_steps, log_every=min(TrainConfig.log_every, max(1, train_steps // 8)))
-    torch.set_num_threads(worker_resources(1, False, local=True)[1])  # the worker's thread count
-    cpu = torch.device("cpu")
-    loops = {"plain loop": plain_step(cfg, *networks(cfg, cpu)), "ours": our_step(cfg, *networks(cfg, cpu))}
-    reals = real_batches(cfg)
-    before = measure(loops, reals, steps, rounds)
-    start = time.perf_counter()
-    result = train(cfg, data_dir, experiment="bench-train", progress=False, storage_path=str(work / "ray_results"))
-    seconds = time.perf_counter() - start
-    after = measure(loops, reals, steps, rounds)
-
-    history = sorted(MlflowClient().get_metric_history(result.run_id, "throughput/images_per_s"), key=lambda m: m.step)
-    steady = [m.value for m in history[1:]]
-    rate = statistics.median(steady)
-    print(f"logged throughput/images_per_s by step: {', '.join(f'{m.step}: {m.value:.1f}' for m in history)}")
-    print(f"Ray Train + MLflow: {rate:.1f} images/s (median of the {len(steady)} intervals after the first; "
-          f"train() took {seconds:.0f} s in all)")
+    cfg = config(28, width, steps=train_steps, log_every=min(TrainConfig.log_every, max(1, train_steps // 8)),
+                 gpu=gpu)
+    if not gpu:
+        torch.set_num_threads(worker_resources(1, False, local=True)[1])  # the worker's thread count
+    loops = {"plain loop": plain_step(cfg, *networks(cfg, device)), "ours": our_step(cfg, *networks(cfg, device))}
+    reals = real_batches(cfg, device)
+    ratios: dict[str, list[float]] = {name: [] for name in loops}
+    pipeline_rates = []
+    for r in range(rounds):
+        # Each Ray run sits between two timings of the loops, so a slow drift of the machine cancels.
+        before = measure(loops, reals, steps, 2)
+        start = time.perf_counter()
+        result = pipelines.train.train(cfg, data_dir, experiment="bench-train", progress=False,
+                                       storage_path=str(work / "ray_results"))
+        seconds = time.perf_counter() - start
+        after = measure(loops, reals, steps, 2)
+        history = sorted(MlflowClient().get_metric_history(result.run_id, "throughput/images_per_s"),
+                         key=lambda m: m.step)
+        rate = statistics.median(m.value for m in history[1:])
+        # over all intervals, weighted by time (their step counts are equal): checkpoints and grids included
+        overall = statistics.harmonic_mean([m.value for m in history[1:]])
+        pipeline_rates.append(rate)
+        line = f"run {r + 1}: Ray Train + MLflow {rate:.1f} images/s (median of {len(history) - 1} intervals " \
+               f"after the first; {overall:.1f} over all of them, checkpoints and grids included; " \
+               f"train() {seconds:.0f} s)"
+        for name in loops:
+            loop = statistics.median(before[name] + after[name])
+            ratios[name].append(rate / loop)
+            line += (f"; {name} {loop:.1f} ({statistics.mean(before[name]):.1f} before, "
+                     f"{statistics.mean(after[name]):.1f} after): "
+                     f"{rate / loop:.2f}x")
+        print(line, flush=True)
+    print(f"Ray Train + MLflow: {statistics.median(pipeline_rates):.1f} images/s (median of {rounds} runs)")
     for name in loops:
-        loop = statistics.median(before[name] + after[name])
-        print(f"{name + ':':<18} {loop:.1f} images/s (median of {len(before[name])} rounds before and after: "
-              f"{statistics.median(before[name]):.1f}, {statistics.median(after[name]):.1f}); "
-              f"Ray Train + MLflow / {name}: {rate / loop:.2f}x")
+        print(f"Ray Train + MLflow / {name}: {statistics.median(ratios[name]):.2f}x "
+              f"(median of the runs' ratios: {', '.join(f'{x:.2f}' for x in ratios[name])})")
 
 
 def main() -> None:
@@ -281,12 +305,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default 3, quick 1)")
     parser.add_argument("--width", type=int, default=64, help="network width (DCGAN base channel count)")
     parser.add_argument("--batch", type=int, default=64, help="batch of the step benchmark (the papers': 64)")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the step benchmark runs")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where both benchmarks run (cuda: the Ray Train run trains with --gpu)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray Train + MLflow part")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled-generator contender")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="let cuDNN time its convolution algorithms and keep the fastest (fixed shapes)")
     parser.add_argument("--ray-steps", type=int, default=None, help="steps of the Ray Train run (default 64, quick 8)")
+    parser.add_argument("--ray-rounds", type=int, default=None,
+                        help="Ray Train runs, each between two timings of the loops (default: --rounds)")
+    parser.add_argument("--stream", action="store_true",
+                        help="stream the Ray run's data through Ray Data, as for a dataset too large to hold")
     parser.add_argument("--data", default=None,
                         help="a prepared 28 px dataset for the Ray run (default: Fashion-MNIST, prepared here)")
     args = parser.parse_args()
@@ -305,7 +334,8 @@ def main() -> None:
                    compile_generator=not args.no_compile)
     if not args.no_ray:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
-            bench_ray(args.data, args.width, train_steps, args.steps, rounds, Path(work))
+            bench_ray(args.data and os.path.abspath(args.data), args.width, train_steps, args.steps,
+                      args.ray_rounds or rounds, Path(work), device, args.stream)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

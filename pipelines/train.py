@@ -167,6 +167,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
          objective: dict | None, cpus_per_worker: float | None, init_checkpoint: str | None = None):
     import ray.data
     import ray.train
+    from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
     from pipelines.progress import ProgressReporter
@@ -187,6 +188,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
             "progress_queue": reporter.queue,
             "objective": objective,
             "init_checkpoint": init_checkpoint,
+            "in_memory": isinstance(dataset, MaterializedDataset),  # small: each worker holds its shard
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                                resources_per_worker=resources),

@@ -13,6 +13,7 @@ import tempfile
 import time
 from typing import Iterator
 
+import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -21,6 +22,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from wgan import checkpoint as ckpt, precision
 from wgan.config import TrainConfig
+from wgan.data.images import unpack_images
+from wgan.data.in_memory import shuffled_batches
 from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
 from wgan.networks import build_critic, build_generator
@@ -35,10 +38,24 @@ GRID_SAMPLES = 64
 SHUFFLE_BUFFER = 2048
 
 
-def real_batches(cfg: TrainConfig, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless stream of (images, labels) from this worker's Ray Data shard, epoch after epoch."""
+def real_batches(cfg: TrainConfig, device: torch.device,
+                 in_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless stream of (images, labels) from this worker's Ray Data shard, epoch after epoch.
+
+    ``in_memory`` (a dataset the driver materialized: it is small): the shard is read
+    once into uint8 pixels on ``device`` and reshuffled there every epoch, so the hot
+    loop runs no Ray Data iterator, decode or host-to-device copy. Else it streams.
+    """
     shard = ray.train.get_dataset_shard("train")
     batch = cfg.per_worker_batch
+    if in_memory:
+        table = pa.concat_tables(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+        pixels = torch.from_numpy(unpack_images(table.column("image"), cfg.image_size, cfg.channels).copy())
+        labels = torch.from_numpy(table.column("label").to_numpy()).to(torch.int64)
+        if len(pixels) < batch:
+            raise RuntimeError(f"this worker's data shard holds fewer than one batch of {batch} images")
+        yield from shuffled_batches(pixels.to(device), labels.to(device), batch, seed=cfg.seed)
+        return
     epoch = 0
     while True:
         yielded = False
@@ -132,7 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
         client.log_metric(run_id, "train/resumed_from_step", start, step=start)
     progress = config.get("progress_queue")
 
-    data = real_batches(cfg, device)
+    data = real_batches(cfg, device, in_memory=config.get("in_memory", False))
     pending: list[tuple[int, dict[str, torch.Tensor]]] = []
     images_per_step = cfg.n_critic * cfg.batch
     tick, tick_step = time.perf_counter(), start

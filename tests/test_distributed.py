@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import ray.data
 import ray.train
 import ray.train.torch
@@ -43,7 +44,7 @@ def _lockstep_loop(config: dict) -> None:
     torch.manual_seed(100 + rank)  # different latents per rank, as in the real loop
     G, D = ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D)
     step = TrainStep(cfg, G, D, g_opt, d_opt)
-    data = real_batches(cfg, torch.device("cpu"))
+    data = real_batches(cfg, torch.device("cpu"), in_memory=config["in_memory"])
     records = []
     for i in range(cfg.steps):
         batches = [next(data) for _ in range(cfg.n_critic)]
@@ -54,13 +55,15 @@ def _lockstep_loop(config: dict) -> None:
     ray.train.report({"done": 1})
 
 
-def test_two_workers_hold_identical_weights_after_every_step(tiny_dataset, ray_session, tmp_path):
+@pytest.mark.parametrize("in_memory", [False, True], ids=["streamed", "held"])
+def test_two_workers_hold_identical_weights_after_every_step(in_memory, tiny_dataset, ray_session, tmp_path):
+    """Both data paths: streamed from Ray Data (large datasets), and each worker's shard held whole (small)."""
     manifest = load_manifest(tiny_dataset)
     cfg = TrainConfig(loss="wgan-gp", steps=3, width=8, z_dim=16, batch=32, workers=2,
                       image_size=28, channels=1).resolved()
     trainer = TorchTrainer(
         _lockstep_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "out": str(tmp_path)},
+        train_loop_config={"cfg": cfg.to_dict(), "out": str(tmp_path), "in_memory": in_memory},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
         datasets={"train": ray.data.read_parquet(shard_paths(tiny_dataset, manifest))},

@@ -133,3 +133,31 @@ def test_other_format_version_is_refused(copy_of: Path) -> None:
 def test_directory_without_manifest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a prepared dataset"):
         load_manifest(str(tmp_path))
+
+
+def test_in_memory_batches_visit_every_row_once_per_epoch_in_a_new_order() -> None:
+    from wgan.data.in_memory import shuffled_batches
+
+    count, batch = 10, 3  # 3 batches an epoch, the 10th row left over each epoch
+    pixels = torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 2, 2, 1).contiguous()
+    labels = torch.arange(count) + 100
+    stream = shuffled_batches(pixels, labels, batch, seed=3)
+    epochs = []
+    for _ in range(3):
+        rows = []
+        for _ in range(count // batch):
+            images, batch_labels = next(stream)
+            assert images.shape == (batch, 1, 2, 2) and images.dtype == torch.float32
+            ids = torch.round((images[:, 0, 0, 0] + 1) * 127.5).long()
+            assert torch.equal(ids + 100, batch_labels)  # labels travel with their images
+            rows += ids.tolist()
+        assert len(set(rows)) == len(rows) == count - count % batch
+        epochs.append(rows)
+    assert epochs[0] != epochs[1] != epochs[2]  # reshuffled every epoch
+    again = shuffled_batches(pixels, labels, batch, seed=3)
+    assert torch.equal(next(again)[1], torch.tensor(epochs[0][:batch]) + 100)  # same seed, same order
+    assert not torch.equal(next(shuffled_batches(pixels, labels, batch, seed=4))[1], next(again)[1])
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        next(shuffled_batches(pixels, labels, count + 1, seed=0))
+    images, _ = next(shuffled_batches(torch.full((4, 2, 2, 1), 255, dtype=torch.uint8), labels[:4], 4, seed=0))
+    assert torch.all(images == 1.0)

@@ -29,7 +29,12 @@ def decode_images(values: BinaryValues, size: int, channels: int) -> torch.Tenso
 
 def pixels_to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(N, H, W, C) uint8 -> contiguous float32 (N, C, H, W) in [-1, 1]."""
-    nhwc = torch.from_numpy(pixels if pixels.flags.writeable else pixels.copy())  # torch wants writable memory
+    writable = pixels if pixels.flags.writeable else pixels.copy()  # torch wants writable memory
+    return nhwc_to_float(torch.from_numpy(writable))
+
+
+def nhwc_to_float(nhwc: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) uint8 tensor, on any device -> contiguous float32 (N, C, H, W) in [-1, 1]."""
     return nhwc.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(127.5).sub_(1.0)
 
 
