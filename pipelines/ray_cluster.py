@@ -87,18 +87,23 @@ def run_through_ray_client(stage: Callable[..., Any], address: str | None, kwarg
 
 CLIENT_CONNECT_ATTEMPTS = 3
 CLIENT_CONNECT_RETRY_S = 5.0
+# How the head says it could not start this client's server (a transient state of a
+# head that has just started): its runtime-env agent did not answer, or the server
+# process died as it started ("psutil.ZombieProcess" inside start_specific_server).
+CLIENT_SERVER_START_FAILURES = ("client server failed", "start_specific_server")
 
 
 def _connect_client(address: str) -> None:
     """Connect through Ray Client, trying again a few times when the head cannot start
-    this client's server yet: right after a head starts, its runtime-env agent may not
-    answer (seen here: "Starting Ray client server failed", once in several runs)."""
+    this client's server yet: right after a head starts, each of the
+    CLIENT_SERVER_START_FAILURES was seen here, once in several runs."""
     for attempt in range(1, CLIENT_CONNECT_ATTEMPTS + 1):
         try:
             init_ray(address)
             return
         except ConnectionAbortedError as err:
-            if attempt == CLIENT_CONNECT_ATTEMPTS or "client server failed" not in str(err):
+            transient = any(marker in str(err) for marker in CLIENT_SERVER_START_FAILURES)
+            if attempt == CLIENT_CONNECT_ATTEMPTS or not transient:
                 raise
             print(f"Ray Client: the cluster at {address} could not start a client server yet; "
                   f"trying again in {CLIENT_CONNECT_RETRY_S:g} s", file=sys.stderr)

@@ -485,3 +485,33 @@ def test_logging_survives_a_tracking_server_outage(tracking_server, monkeypatch)
     logged_grids = tracking_server.artifact_names(tight_run, "samples")
     assert len(logged_grids) + (int(lost_grids.group(1)) if lost_grids else 0) == len(grids)
     assert "some logging was lost" in tags[OUTAGE_TAG]
+
+
+def test_ray_client_retries_only_while_the_head_cannot_start_a_client_server(monkeypatch):
+    """Both start failures seen right after a head started are retried; any other refusal is not."""
+    from pipelines import ray_cluster
+
+    zombie = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \"proxier.py\", "
+              "line 396, in start_specific_server\npsutil.ZombieProcess: PID still exists but it's a zombie")
+    errors = [ConnectionAbortedError(zombie), ConnectionAbortedError("Starting Ray client server failed")]
+    calls: list[str] = []
+
+    def connect(address: str) -> None:
+        calls.append(address)
+        if errors:
+            raise errors.pop(0)
+
+    monkeypatch.setattr(ray_cluster, "init_ray", connect)
+    monkeypatch.setattr(ray_cluster, "CLIENT_CONNECT_RETRY_S", 0.0)
+    ray_cluster._connect_client("ray://head:10001")
+    assert calls == ["ray://head:10001"] * 3
+
+    def refuse(address: str) -> None:
+        calls.append(address)
+        raise ConnectionAbortedError("Initialization failure from server: the token is not valid")
+
+    calls.clear()
+    monkeypatch.setattr(ray_cluster, "init_ray", refuse)
+    with pytest.raises(ConnectionAbortedError, match="token"):
+        ray_cluster._connect_client("ray://head:10001")
+    assert len(calls) == 1
