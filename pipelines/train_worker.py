@@ -52,8 +52,6 @@ def real_batches(cfg: TrainConfig, device: torch.device,
         table = pa.concat_tables(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
         pixels = torch.from_numpy(unpack_images(table.column("image"), cfg.image_size, cfg.channels).copy())
         labels = torch.from_numpy(table.column("label").to_numpy()).to(torch.int64)
-        if len(pixels) < batch:
-            raise RuntimeError(f"this worker's data shard holds fewer than one batch of {batch} images")
         yield from shuffled_batches(pixels.to(device), labels.to(device), batch, seed=cfg.seed)
         return
     epoch = 0
