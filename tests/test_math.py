@@ -116,8 +116,8 @@ def test_critic_estimates_w1_between_parallel_lines():
 
 
 def test_critic_estimates_w1_between_shifted_gaussians():
-    mu = 1.0  # W1(N(0,1), N(mu,1)) = |mu|
-    w = estimate_w1(lambda n, g: toy.gaussian_1d(n, mu, g), lambda n, g: toy.gaussian_1d(n, 0.0, g), 1)
+    mu = 1.0  # W1(N(0, I), N((mu, 0), I)) = |mu|
+    w = estimate_w1(lambda n, g: toy.shifted_gaussian(n, mu, g), lambda n, g: toy.shifted_gaussian(n, 0.0, g), 2)
     assert_w1_estimate(w, abs(mu))
 
 
