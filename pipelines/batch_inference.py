@@ -7,7 +7,9 @@ cluster a 50,000-sample evaluation spreads over the nodes.
 
 Samples are reproducible whatever the batching: row ``i`` always gets the latent
 drawn from seed ``(seed, i)`` (`latents`), and from a class-conditional generator
-the label ``i % num_classes``.
+the label ``i % num_classes`` (`draw_rows`, which every sampling path goes through:
+logged model, checkpoint, and `pipelines.evaluate.draw_samples` in-process), with the
+class count read from the generator itself, never left to the caller.
 """
 
 from __future__ import annotations
@@ -26,6 +28,51 @@ def latents(seed: int, rows: np.ndarray, z_dim: int) -> np.ndarray:
     """(len(rows), z_dim) float32 standard normal latents, one seeded generator per row."""
     return np.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(seed * 2**32 + int(row))).numpy()
                      for row in rows]) if len(rows) else np.zeros((0, z_dim), np.float32)
+
+
+def draw_rows(predict, z: np.ndarray, rows: np.ndarray, num_classes: int) -> np.ndarray:
+    """uint8 images of latents ``z`` for sample rows ``rows``: row ``i`` drawn with label
+    ``i % num_classes`` (a class-conditional generator), whatever batch the rows came in.
+
+    ``predict(z, label)`` draws every latent of ``z`` with class ``label`` (None: an
+    unconditional generator). The label is always given explicitly, one call per label: a
+    logged model left without one would label by position within the call instead.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if not num_classes:
+        return np.asarray(predict(z, None), dtype=np.uint8)
+    labels = rows % num_classes
+    out = None
+    for label in np.unique(labels):
+        chosen = labels == label
+        images = np.asarray(predict(z[chosen], int(label)), dtype=np.uint8)
+        if out is None:
+            out = np.empty((len(z), *images.shape[1:]), np.uint8)
+        out[chosen] = images
+    return out if out is not None else np.asarray(predict(z, 0), dtype=np.uint8)  # no rows at all
+
+
+def model_num_classes(model) -> int:
+    """The class count of a loaded generator pyfunc model (`pipelines.generator_model`; 0:
+    unconditional), read from the model itself: its own config, not what a caller remembers."""
+    config = getattr(model.unwrap_python_model(), "config", None)
+    if config is None:
+        raise ValueError(f"{type(model.unwrap_python_model()).__name__} is not a wganctl generator model "
+                         f"(it has no config): log it with `wganctl train`")
+    return int(config.num_classes or 0)
+
+
+def model_sampler(model, num_classes: int | None = None):
+    """``draw(z, rows)`` for a loaded generator pyfunc model: `draw_rows` with the model's class
+    count. ``num_classes``, when given, is what the caller expects; refused if the model differs."""
+    classes = model_num_classes(model)
+    if num_classes is not None and int(num_classes) != classes:
+        raise ValueError(f"the logged generator has {classes} classes, not the {num_classes} expected")
+
+    def predict(z: np.ndarray, label: int | None) -> np.ndarray:
+        return model.predict(z, params=None if label is None else {"label": label})
+
+    return lambda z, rows: draw_rows(predict, z, rows, classes)
 
 
 INCEPTION_BATCH = 64  # 299 x 299 inputs: about 1 GB of activations per 64 images
@@ -107,8 +154,9 @@ class EmbedShards(_Embedder):
         return self.embed(unpack_images(table.column("image"), self.size, self.channels))
 
 
-def logged_generator(model_uri: str, tracking_uri: str, num_classes: int = 0) -> dict:
-    """Sample from a run's logged MLflow model (`runs:/<id>/generator`); ``num_classes`` of a conditional run."""
+def logged_generator(model_uri: str, tracking_uri: str, num_classes: int | None = None) -> dict:
+    """Sample from a run's logged MLflow model (`runs:/<id>/generator`). The class count comes from
+    the model itself; ``num_classes``, when given, is checked against it."""
     return {"model_uri": model_uri, "tracking_uri": tracking_uri, "num_classes": num_classes}
 
 
@@ -130,20 +178,7 @@ class SampleAndEmbed(_Embedder):
             mlflow.set_tracking_uri(generator["tracking_uri"])
             model = mlflow.pyfunc.load_model(generator["model_uri"])
             self.z_dim = model.metadata.get_input_schema().inputs[0].shape[-1]
-            classes = generator.get("num_classes", 0)
-
-            def draw(z: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                if not classes:
-                    return np.asarray(model.predict(z), dtype=np.uint8)
-                out = None
-                for label in np.unique(rows % classes):  # the model takes one label per call
-                    chosen = rows % classes == label
-                    images = np.asarray(model.predict(z[chosen], params={"label": int(label)}), dtype=np.uint8)
-                    out = np.empty((len(z), *images.shape[1:]), np.uint8) if out is None else out
-                    out[chosen] = images
-                return out
-
-            self.draw = draw
+            self.draw = model_sampler(model, generator.get("num_classes"))
         else:
             from wgan.config import TrainConfig
             from wgan.images import to_uint8
@@ -156,11 +191,11 @@ class SampleAndEmbed(_Embedder):
             self.z_dim = cfg.z_dim
 
             @torch.no_grad()
-            def draw(z: np.ndarray, rows: np.ndarray) -> np.ndarray:
-                labels = torch.from_numpy(rows % cfg.num_classes) if cfg.num_classes else None
+            def predict(z: np.ndarray, label: int | None) -> np.ndarray:
+                labels = None if label is None else torch.full((len(z),), label, dtype=torch.long)
                 return to_uint8(net(torch.from_numpy(z), labels))
 
-            self.draw = draw
+            self.draw = lambda z, rows: draw_rows(predict, z, rows, cfg.num_classes)
         self.seed = seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ from wgan.metrics import (class_coverage, feature_statistics, frechet_distance_f
                           kernel_inception_distance, nearest_neighbours, precision_recall)
 from pipelines import tracking
 from pipelines.batch_inference import (checkpoint_generator, classifier_extractor, embed_shards, inception_extractor,
-                                       latents, logged_generator, sample_and_embed)
+                                       latents, logged_generator, model_sampler, sample_and_embed)
 from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, load_classifier
 from pipelines.ray_cluster import init_ray, is_ray_client, run_through_ray_client
 from pipelines.sample import load_generator
@@ -114,7 +114,9 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu)
 
     if checkpoint is None:
-        generator = logged_generator(f"runs:/{run_id}/{tracking.MODEL_NAME}", tracking.tracking_uri())
+        # the sampler reads the class count from the model; the per-class metrics' K is checked against it
+        generator = logged_generator(f"runs:/{run_id}/{tracking.MODEL_NAME}", tracking.tracking_uri(),
+                                     num_classes=int(run.data.params.get("num_classes", 0) or 0))
         step = int(run.data.tags.get("wganctl.completed_steps", "0"))
     else:
         generator, step = checkpoint_generator(_checkpoint_payload(run, checkpoint)), checkpoint
@@ -194,18 +196,16 @@ def _csv(rows: list[dict]) -> str:
 
 def _checkpoint_payload(run, step: int) -> dict:
     """The run's Ray Train checkpoint at ``step`` (local or remote storage), loaded without unpickling."""
-    import ray.train
+    from pipelines import checkpoints
 
-    from wgan import checkpoint as ckpt
-
-    storage, name = run.data.tags.get("ray.storage_path"), run.data.tags.get("ray.run_name")
-    location = f"{storage}/{name}/checkpoint_{step:07d}"
-    filesystem, path = datafs.resolve(location)
-    if not storage or not datafs.exists(filesystem, path):
-        raise UserError(f"run {run.info.run_id} has no checkpoint at step {step} ({location}): "
-                        f"give a step it checkpointed (every checkpoint_every={run.data.params.get('checkpoint_every')})")
-    with ray.train.Checkpoint(location).as_directory() as directory:
-        return ckpt.load(directory)
+    storage = run.data.tags.get("ray.storage_path", "")
+    saved = checkpoints.run_checkpoints(storage, run.info.run_id) if storage else []
+    wanted = [where for where in saved if datafs.name(where) == checkpoints.dir_name(step)]
+    if not wanted:
+        steps = ", ".join(str(int(datafs.name(where).removeprefix(checkpoints.DIR_PREFIX))) for where in saved)
+        raise UserError(f"run {run.info.run_id} has no checkpoint at step {step} in {storage or 'its storage'}: "
+                        f"give a step it checkpointed ({steps or 'none are left'})")
+    return checkpoints.load(wanted[0])
 
 
 def _file_sha256(path: str) -> str:
@@ -299,10 +299,13 @@ def reference_statistics(data_dir: str, classifier: Classifier, classifier_run: 
 
 def draw_samples(run_id: str, n: int, seed: int) -> np.ndarray:
     """(n, H, W, C) uint8 samples of the run's logged generator, in this process: the same
-    images `evaluate` measures with ``seed`` (row i's latent comes from (seed, i))."""
+    images `evaluate` measures with ``seed`` (row i's latent comes from (seed, i), and from a
+    conditional run its label is i % K, as `pipelines.batch_inference.draw_rows` draws them)."""
     model, z_dim = load_generator(run_id)
-    z = latents(seed, np.arange(n), z_dim)
-    return np.concatenate([np.asarray(model.predict(z[start:start + FEATURE_BATCH]), dtype=np.uint8)
+    draw = model_sampler(model)
+    rows = np.arange(n)
+    z = latents(seed, rows, z_dim)
+    return np.concatenate([draw(z[start:start + FEATURE_BATCH], rows[start:start + FEATURE_BATCH])
                            for start in range(0, n, FEATURE_BATCH)])
 
 

@@ -19,7 +19,12 @@ warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` met
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
-    """predict(z: float32 (N, z_dim)) -> uint8 images (N, H, W, C)."""
+    """predict(z: float32 (N, z_dim)) -> uint8 images (N, H, W, C).
+
+    ``config`` (the run's resolved TrainConfig) is read by samplers through
+    ``unwrap_python_model()``: `pipelines.batch_inference.model_num_classes` takes the class
+    count from it, so evaluation labels sample i with i % K without being told K.
+    """
 
     def load_context(self, context):
         from wgan.config import TrainConfig
@@ -38,6 +43,8 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
         labels = None
         if self.config.num_classes:
             label = (params or {}).get("label")
+            # no label: classes in turn by position within this call; samplers that split a larger
+            # set of rows into calls pass each row's label instead (batch_inference.draw_rows)
             labels = (torch.full((z.shape[0],), int(label)) if label is not None and int(label) >= 0
                       else torch.arange(z.shape[0]) % self.config.num_classes)
         with torch.no_grad():

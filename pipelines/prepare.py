@@ -317,7 +317,7 @@ def _publish(filesystem: pafs.FileSystem, tmp: str, out_path: str) -> None:
     previous = None
     if datafs.exists(filesystem, out_path):
         previous = f"{out_path}{_OLD_MARK}{secrets.token_hex(4)}"
-        _move_dir(filesystem, out_path, previous)
+        _move_dir(filesystem, out_path, previous, manifest_first=True)
     try:
         _move_dir(filesystem, tmp, out_path)
     except BaseException:
@@ -328,13 +328,17 @@ def _publish(filesystem: pafs.FileSystem, tmp: str, out_path: str) -> None:
         filesystem.delete_dir(previous)
 
 
-def _move_dir(filesystem: pafs.FileSystem, source: str, destination: str) -> None:
-    """Rename a dataset directory (atomic on local disks); object stores cannot, so move its files, manifest last."""
-    try:
+def _move_dir(filesystem: pafs.FileSystem, source: str, destination: str, manifest_first: bool = False) -> None:
+    """Rename a dataset directory: atomic on a local disk. Object stores cannot rename a
+    directory, so its files are moved one by one, the manifest last: ``destination`` is a
+    dataset only once every shard is there. Moving a dataset out of the way
+    (``manifest_first``), its manifest goes first, so that its old place stops being a
+    dataset before any shard leaves it."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
         filesystem.move(source, destination)
-    except NotImplementedError:
-        files = [e.path for e in filesystem.get_file_info(pafs.FileSelector(source, recursive=True)) if e.type == pafs.FileType.File]
-        filesystem.create_dir(destination, recursive=True)
-        for path in sorted(files, key=lambda p: posixpath.basename(p) == MANIFEST_NAME):
-            filesystem.move(path, datafs.join(destination, posixpath.relpath(path, source)))
-        filesystem.delete_dir(source)
+        return
+    files = [e.path for e in filesystem.get_file_info(pafs.FileSelector(source, recursive=True)) if e.type == pafs.FileType.File]
+    filesystem.create_dir(destination, recursive=True)
+    for path in sorted(files, key=lambda p: (posixpath.basename(p) == MANIFEST_NAME) != manifest_first):
+        filesystem.move(path, datafs.join(destination, posixpath.relpath(path, source)))
+    filesystem.delete_dir(source)

@@ -19,7 +19,9 @@ run) are not retried but dropped and counted. An outage is reported once, as a
 ``max_pending_images`` grids), the oldest metric batches and grids are dropped. `close()` waits for the queue to drain and writes the
 outcome into the run: the tag ``wganctl.tracking_outage`` (outages and their
 length) and, only when something was dropped, ``wganctl.tracking_lost`` (which
-steps and grids).
+steps and grids). What is still queued when its timeout runs out (a failing
+worker closes with a short one) is given up and named in ``wganctl.tracking_lost``
+too, which is then sent ahead of it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ logger = logging.getLogger(__name__)
 OUTAGE_TAG = "wganctl.tracking_outage"
 LOST_TAG = "wganctl.tracking_lost"
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
+# What close() allows the outcome tags beyond its timeout: one small request, and the only
+# record in the run of what was lost.
+OUTCOME_GRACE_S = 5.0
 
 
 class TrackingOutageWarning(RuntimeWarning):
@@ -86,6 +91,8 @@ class BufferedMlflowClient:
         self._lost_metric_steps: dict[str, set[int]] = collections.defaultdict(set)
         self._lost_images: dict[str, list[str]] = collections.defaultdict(list)
         self._rejected: dict[str, list[str]] = collections.defaultdict(list)
+        self._unsent: dict[str, list[_Item]] = collections.defaultdict(list)  # given up by close()
+        self._unsent_after_s = 0.0
         self._runs: set[str] = set()
         self._closing = False
         self._cond = threading.Condition()
@@ -126,29 +133,45 @@ class BufferedMlflowClient:
                 self._cond.wait(min(remaining, 1.0) if remaining is not None else 1.0)
         return True
 
+    def sync(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` s for what is queued to be sent; during an outage, not at all
+        (the queue is kept and retried, and training must not stall on a server that is down)."""
+        with self._cond:
+            down = self._outage_started is not None
+        return not down and self.flush(timeout)
+
     def close(self, timeout: float = 300.0) -> bool:
-        """Send what is queued, then record outages and losses in each run's tags; True if nothing is left."""
+        """Send what is queued, then record outages and losses in each run's tags; True if nothing is left.
+
+        What is not sent within ``timeout`` is given up and named in the lost tag, which then
+        goes next (behind a send in progress), with at least OUTCOME_GRACE_S to get through.
+        """
         if self._closing:
             return not self._queue
         deadline = time.monotonic() + timeout
-        self.flush(timeout)
+        drained = self.flush(timeout)
         with self._cond:
+            if not drained:  # give up the calls not started; one being sent may still land
+                given_up = [self._queue.pop() for _ in range(len(self._queue) - self._in_flight)][::-1]
+                for item in given_up:
+                    self._unsent[item.run_id].append(item)
+                self._unsent_after_s = timeout
             for run_id in sorted(self._runs):
                 for key, value in self._outcome_tags(run_id).items():
                     self._queue.append(_Item("tag", run_id, tags=[RunTag(key, value)]))
             self._cond.notify_all()
-        drained = self.flush(max(deadline - time.monotonic(), 1.0))
+        self.flush(max(deadline - time.monotonic(), OUTCOME_GRACE_S))
         with self._cond:
             self._closing = True
             left = list(self._queue)
             self._cond.notify_all()
-        if left:
-            lost = ", ".join(item.describe() for item in left[:10])
-            message = (f"MLflow server {self.client.tracking_uri} still unreachable after {timeout:.0f} s: "
-                       f"{len(left)} logging calls were not sent ({lost}{', ...' if len(left) > 10 else ''})")
-            warnings.warn(message, TrackingOutageWarning, stacklevel=2)
+        unsent = [item for items in self._unsent.values() for item in items] + left
+        if unsent:
+            warnings.warn(f"MLflow server {self.client.tracking_uri} did not take everything within {timeout:g} s: "
+                          f"{len(unsent)} logging calls were not sent ({_summary(unsent)})",
+                          TrackingOutageWarning, stacklevel=2)
         self._thread.join(timeout=5)
-        return drained and not left
+        return not unsent
 
     @property
     def pending(self) -> int:
@@ -267,11 +290,12 @@ class BufferedMlflowClient:
         steps = sorted(self._lost_metric_steps.get(run_id, ()))
         images = self._lost_images.get(run_id, [])
         rejected = self._rejected.get(run_id, [])
+        unsent = self._unsent.get(run_id, [])
         if outages:
-            lost = "some logging was lost, see wganctl.tracking_lost" if steps or images else "nothing was lost"
+            lost = "some logging was lost, see wganctl.tracking_lost" if steps or images or unsent else "nothing was lost"
             tags[OUTAGE_TAG] = (f"{len(outages)} tracking-server outage(s) during training, "
                                 f"{sum(outages):.0f} s in total; {lost}")
-        if steps or images or rejected:
+        if steps or images or rejected or unsent:
             parts = []
             if steps:
                 parts.append(f"metrics of {len(steps)} steps ({_ranges(steps)})")
@@ -281,8 +305,26 @@ class BufferedMlflowClient:
                 parts[-1] += " dropped: the queue of logging calls was full during an outage"
             if rejected:
                 parts.append(f"{len(rejected)} calls rejected by the server ({'; '.join(rejected[:3])})")
+            if unsent:
+                parts.append(f"{_summary(unsent)} not sent: still queued when closing gave up after "
+                             f"{self._unsent_after_s:g} s")
             tags[LOST_TAG] = "; ".join(parts)[:4900]
         return tags
+
+
+def _summary(items: list[_Item]) -> str:
+    """What some logging calls held, e.g. 'metrics of 2 steps (9-10), 1 sample grids (samples/step_000010.png)'."""
+    steps = sorted({m.step for item in items for m in item.metrics})
+    grids = [item.describe() for item in items if item.kind == "image"]
+    keys = [entry.key for item in items for entry in (*item.tags, *item.params)]
+    parts = []
+    if steps:
+        parts.append(f"metrics of {len(steps)} steps ({_ranges(steps)})")
+    if grids:
+        parts.append(f"{len(grids)} sample grids ({', '.join(grids[:20])}{', ...' if len(grids) > 20 else ''})")
+    if keys:
+        parts.append(f"tags/params {', '.join(keys[:10])}{', ...' if len(keys) > 10 else ''}")
+    return ", ".join(parts)
 
 
 def _is_rejection(error: Exception) -> bool:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
+from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import UserError
-from pipelines import tracking
+from pipelines import checkpoints, tracking
 from pipelines.ray_cluster import init_ray, is_ray_client, run_through_ray_client, worker_resources
 
 DEFAULT_STORAGE = "ray_results"
@@ -103,7 +103,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
         raise UserError("no training data: pass --data DIR (a directory written by `wganctl prepare`)")
     manifest = load_manifest(data_dir, verify=True)
     cfg = _config_for_data(cfg, manifest).resolved()
-    storage_path = storage_path or os.path.abspath(DEFAULT_STORAGE)
+    storage_path = datafs.absolute(storage_path or DEFAULT_STORAGE)
     client = MlflowClient(tracking.tracking_uri())  # only now: bad input must not create a store
 
     if resume:
@@ -120,7 +120,9 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
         client.set_terminated(run_id, status="KILLED")
         raise
     except Exception as err:
-        reason = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        failures = getattr(err, "worker_failures", None)  # Ray Train's WorkerGroupError: the worker's own error
+        cause = failures[min(failures)] if failures else err
+        reason = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
         client.set_tag(run_id, "wganctl.failure_reason", reason)
         client.set_terminated(run_id, status="FAILED")
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
@@ -132,15 +134,15 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
         client.set_terminated(run_id, status="FAILED")
         raise TrainingFailed(f"training run {run_id} failed ({reason}); the last good checkpoint, if any, "
                              f"is kept in {storage_path}/{tracking.ray_run_name(run_id)}")
-    with result.checkpoint.as_directory() as directory:
-        payload = ckpt.load(directory)
+    saved_at = checkpoints.location(result.checkpoint)
+    payload = checkpoints.load(saved_at)
     model_uri = tracking.log_generator_model(run_id, payload)
     tracking.log_loss_curves(client, run_id)
     client.set_tag(run_id, "wganctl.completed_steps", str(payload["step"]))
     client.set_terminated(run_id, status="FINISHED")
     run = client.get_run(run_id)
     return TrainResult(run_id=run_id, model_uri=model_uri, steps=payload["step"],
-                       checkpoint_dir=result.checkpoint.path,
+                       checkpoint_dir=saved_at,
                        final_grid=f"{run.info.artifact_uri}/samples/step_{payload['step']:06d}.png",
                        tracking_uri=tracking.tracking_uri())
 
@@ -189,6 +191,9 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
             "objective": objective,
             "init_checkpoint": init_checkpoint,
             "in_memory": isinstance(dataset, MaterializedDataset),  # small: each worker holds its shard
+            # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
+            # variables set after Ray started.
+            "fail_at_step": int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
                                                resources_per_worker=resources),

@@ -4,10 +4,22 @@ Rank 0 alone talks to MLflow and writes checkpoints; every rank calls
 `ray.train.report` at the same steps, as Ray Train requires. Host syncs happen
 only at logging/checkpoint intervals: per-step statistics stay on the device
 until then and are fetched in one transfer.
+
+A worker that raises still gets rank 0's queued logging into MLflow: the loop
+runs under `flushed_on_error`, which sends the queue (at most
+ERROR_FLUSH_TIMEOUT_S) and tags what could not be sent before the error goes on
+to Ray Train.
+
+Test hook: ``config["fail_at_step"]`` (the driver sets it from the environment
+variable WGANCTL_TEST_FAIL_AT_STEP) makes every rank raise a RuntimeError right
+after that step's training, before its logging flush: a worker error at a known
+step, for tests of the failure path. Unset, it costs one comparison a step.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import tempfile
 import time
@@ -28,11 +40,25 @@ from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
 from wgan.networks import build_critic, build_generator
 from wgan.step import TrainStep, build_optimizers, unwrap
-from pipelines import objective, tracking
+from pipelines import checkpoints, objective, tracking
 from pipelines.objective import SampleQuality
 from pipelines.resilient_logging import BufferedMlflowClient
 
+logger = logging.getLogger(__name__)
+
 GRID_SAMPLES = 64
+# How long a failing rank 0 may spend sending its queued logging before the error goes on
+# to Ray Train (which then restarts or fails the run). A reachable server takes even a full
+# queue in that time (metrics go 1000 to a request; at most 50 grids), and it is how long
+# the client waits on one hung send before calling it an outage (stall_warning_s): past it
+# the server is down, and waiting longer would only delay the restart from the checkpoint.
+ERROR_FLUSH_TIMEOUT_S = 30.0
+# How long rank 0 waits, before reporting a checkpoint, for the logging of the steps before it
+# to reach MLflow (a worker killed right after the report lost them otherwise: the restart
+# does not replay them; seen as steps 19-20 missing in tests/test_object_store.py). A
+# reachable server takes one interval's metrics and grid in well under a second; the bound
+# only caps a slow one, and an outage is not waited for at all.
+CHECKPOINT_SYNC_TIMEOUT_S = 10.0
 # Rows held by Ray Data's local shuffle buffer: enough to decorrelate consecutive
 # batches of one parquet row group without holding a whole shard.
 SHUFFLE_BUFFER = 2048
@@ -86,7 +112,34 @@ def _all_finite(history: list[tuple[int, dict[str, float]]], device: torch.devic
     return ok
 
 
+@contextlib.contextmanager
+def flushed_on_error(client: BufferedMlflowClient | None, timeout: float = ERROR_FLUSH_TIMEOUT_S):
+    """If the block raises: send ``client``'s queue (at most ``timeout`` s), tag the outcome, re-raise.
+
+    Without it the queue dies with the worker: Ray Train kills a failed worker group within
+    seconds (its health-check poll), whatever the sender thread has not sent yet.
+    """
+    try:
+        yield
+    except BaseException:
+        if client is not None:
+            try:
+                client.close(timeout=timeout)
+            except Exception:  # noqa: BLE001 - the training error is the one to report
+                logger.exception("could not send the queued MLflow logging of the failed worker")
+        raise
+
+
 def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point: the training loop, whose logging reaches MLflow even if it raises."""
+    # Rank 0 logs through a queue drained by a background thread: training never waits on
+    # MLflow, and a tracking-server outage is retried, warned about once, and recorded.
+    client = BufferedMlflowClient(config["tracking_uri"]) if ray.train.get_context().get_world_rank() == 0 else None
+    with flushed_on_error(client):
+        _train(config, client)
+
+
+def _train(config: dict, client: BufferedMlflowClient | None) -> None:
     cfg = TrainConfig.from_dict(config["train_config"])
     run_id: str = config["mlflow_run_id"]
     ctx = ray.train.get_context()
@@ -135,9 +188,6 @@ def train_loop_per_worker(config: dict) -> None:
     critic = ray.train.torch.prepare_model(critic)
     step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
     sampler = ema.module if ema is not None else unwrap(generator)
-    # Rank 0 logs through a queue drained by a background thread: training never waits on
-    # MLflow, and a tracking-server outage is retried, warned about once, and recorded.
-    client = BufferedMlflowClient(config["tracking_uri"]) if rank == 0 else None
     quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
                if config.get("objective") and rank == 0 else None)
     if client is not None:
@@ -151,11 +201,14 @@ def train_loop_per_worker(config: dict) -> None:
     pending: list[tuple[int, dict[str, torch.Tensor]]] = []
     images_per_step = cfg.n_critic * cfg.batch
     tick, tick_step = time.perf_counter(), start
+    fail_at_step = config.get("fail_at_step")  # the test hook, see the module docstring
 
     for step in range(start + 1, cfg.steps + 1):
         stats = step_fn(next(data) for _ in range(cfg.n_critic))
         if ema is not None:
             ema.update_parameters(unwrap(generator))
+        if step == fail_at_step:
+            raise RuntimeError(f"injected fault at step {step} (WGANCTL_TEST_FAIL_AT_STEP)")
         pending.append((step, stats))
         last = step == cfg.steps
         checkpoint_now = last or step % cfg.checkpoint_every == 0
@@ -204,12 +257,15 @@ def train_loop_per_worker(config: dict) -> None:
             metrics[objective.METRIC] = quality(sampler)
             client.log_metric(run_id, objective.METRIC, metrics[objective.METRIC], step=step, synchronous=False)
         if rank == 0:
+            # A restart resumes from this checkpoint and does not replay the steps before it:
+            # their metrics and grids must be in MLflow before it is reported.
+            client.sync(CHECKPOINT_SYNC_TIMEOUT_S)
             with tempfile.TemporaryDirectory() as directory:
                 ckpt.save(directory, step=step, cfg=cfg, generator=unwrap(generator), critic=unwrap(critic),
                           g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=fixed_z, mlflow_run_id=run_id,
                           generator_ema=ema)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=f"checkpoint_{step:07d}")
+                                 checkpoint_dir_name=checkpoints.dir_name(step))
         else:
             ray.train.report(metrics)
     if client is not None:

@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +29,13 @@ from ray.train import UserCallback
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
+from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest
 from wgan.errors import UserError
-from pipelines import objective, tracking
+from pipelines import checkpoints, objective, tracking
 from pipelines.search_space import load_space, to_param_space
-from pipelines.train import TrainingFailed, train
+from pipelines.train import DEFAULT_STORAGE, TrainingFailed, train
 
 TRIAL_TAG = "wganctl.trial_id"
 SCHEDULERS = ("asha", "pbt", "none")
@@ -66,7 +65,7 @@ class ForwardReports(UserCallback):
         self.queue = queue
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        self.queue.put({**metrics[0], "checkpoint_path": checkpoint.path if checkpoint else None})
+        self.queue.put({**metrics[0], "checkpoint_path": checkpoints.location(checkpoint) if checkpoint else None})
 
 
 def _report_to_tune(item: dict[str, Any]) -> None:
@@ -84,7 +83,7 @@ def _report_to_tune(item: dict[str, Any]) -> None:
         tune.report(item)
         return
     with tempfile.TemporaryDirectory() as directory:
-        run_name = Path(path).parent.name
+        run_name = datafs.name(datafs.parent(path))
         pointer = {"path": path, "run_id": run_name.removeprefix("wganctl-"), "step": item.get("step"),
                    "objective": item.get(objective.METRIC)}
         Path(directory, POINTER_FILE).write_text(json.dumps(pointer))
@@ -273,7 +272,7 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
                                sample_every=max(1, steps // reports), log_every=max(1, min(25, steps // reports)))
     # Every combination must be valid before anything starts.
     TrainConfig.from_dict({**base.to_dict(), "image_size": manifest["size"], "channels": manifest["channels"]}).resolved()
-    storage_path = storage_path or os.path.abspath("ray_results")
+    storage_path = datafs.absolute(storage_path or DEFAULT_STORAGE)
 
     from ray import tune
 
@@ -314,7 +313,7 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
                                         scheduler=_scheduler(scheduler, reports, param_space, trials <= concurrent),
                                         search_alg=_searcher(search_seed, concurrent),
                                         max_concurrent_trials=None if search_seed is not None else concurrent),
-            run_config=tune.RunConfig(name=Path(tune_path).name, storage_path=str(Path(tune_path).parent),
+            run_config=tune.RunConfig(name=datafs.name(tune_path), storage_path=datafs.parent(tune_path),
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
@@ -348,7 +347,7 @@ def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: s
         return run.info.run_id, run.data.tags["ray.tune_path"]
     run = client.create_run(exp_id, tags={"wganctl.stage": "tune", "mlflow.runName": f"sweep-{trials}x-{scheduler}",
                                           "code.version": tracking.code_version(), "data.dir": data_dir})
-    tune_path = os.path.join(storage_path, f"wganctl-tune-{run.info.run_id}")
+    tune_path = datafs.join(storage_path, f"wganctl-tune-{run.info.run_id}")
     client.set_tag(run.info.run_id, "ray.tune_path", tune_path)
     for key, value in {"trials": trials, "scheduler": scheduler, "data_dir": data_dir, **base.to_dict()}.items():
         client.log_param(run.info.run_id, f"base.{key}" if key in base.to_dict() else key, value)
@@ -399,9 +398,9 @@ def _close_trial_run(client: MlflowClient, run_id: str, *, finished: bool, stora
         client.set_tag(run_id, "wganctl.early_stopped", "true")
         client.set_terminated(run_id, status="KILLED")
         return
-    saved = sorted(Path(storage_path, tracking.ray_run_name(run_id)).glob("checkpoint_0*"))
+    saved = checkpoints.run_checkpoints(storage_path, run_id)
     if saved:
-        payload = ckpt.load(saved[-1])
+        payload = checkpoints.load(saved[-1])
         tracking.log_generator_model(run_id, payload)
         client.set_tag(run_id, "wganctl.completed_steps", str(payload["step"]))
     client.set_terminated(run_id, status="FINISHED")
@@ -409,7 +408,7 @@ def _close_trial_run(client: MlflowClient, run_id: str, *, finished: bool, stora
 
 def _trial_id_from_path(path: str | None) -> str | None:
     """Tune names trial directories `<trainable>_<trial id>_<index>_<params>...`; trial ids look like `1a2b3_00007`."""
-    found = re.search(r"_([0-9a-f]{5}_\d{5})_", Path(path).name) if path else None
+    found = re.search(r"_([0-9a-f]{5}_\d{5})_", datafs.name(path)) if path else None
     return found.group(1) if found else None
 
 
@@ -454,9 +453,9 @@ def _register(client: MlflowClient, run_id: str, name: str, storage_path: str) -
     if not any(m.name == tracking.MODEL_NAME for m in client.search_logged_models(
             experiment_ids=[client.get_run(run_id).info.experiment_id],
             filter_string=f"source_run_id = '{run_id}'")):
-        saved = sorted(Path(storage_path, tracking.ray_run_name(run_id)).glob("checkpoint_0*"))
+        saved = checkpoints.run_checkpoints(storage_path, run_id)
         if not saved:
             raise TrainingFailed(f"best trial {run_id} has no checkpoint to register")
-        tracking.log_generator_model(run_id, ckpt.load(saved[-1]))
+        tracking.log_generator_model(run_id, checkpoints.load(saved[-1]))
     version = mlflow.register_model(f"runs:/{run_id}/{tracking.MODEL_NAME}", name)
     return version.version

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import time
 
 import mlflow
@@ -10,8 +12,57 @@ import pytest
 import ray
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_session():
+def object_store():
+    """A real S3 API (moto's standalone server) on 127.0.0.1, and the standard variables that
+    point every client at it: pyarrow and Ray Train (AWS_ENDPOINT_URL), boto3 and MLflow's
+    artifact store (AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL), with dummy credentials.
+
+    Started before Ray (`ray_session` asks for it), so that Ray's workers inherit the
+    variables as they do on a cluster whose nodes have them set. Yields the endpoint URL.
+    """
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    settings = {"AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        yield endpoint
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(object_store) -> str:
+    """A new, empty bucket on the test's S3 server: its s3:// URI."""
+    import uuid
+
+    import boto3
+
+    name = f"wganctl-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=object_store).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_session(object_store):
     """A real local Ray with both cores, started once: Ray start-up is the slowest thing here."""
     if not ray.is_initialized():
         from pipelines.ray_cluster import use_local_ray_env

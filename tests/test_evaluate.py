@@ -159,3 +159,59 @@ def test_inception_weights_are_checked_before_anything_runs(tmp_path):
         inception_extractor(str(pickled))
     result = CliRunner().invoke(app, ["evaluate", "0" * 32, "--features", "inception"])
     assert result.exit_code == 2 and "--inception-weights" in result.output
+
+
+def test_a_conditional_sample_has_the_label_of_its_row_on_every_path(ray_session, mlflow_store, tmp_path):
+    """Sample i of a conditional run is drawn with label i % K whatever the batching: through the logged
+    model as `evaluate` calls it, through a checkpoint, and in-process (`draw_samples`). Three classes
+    and n past one Ray Data batch (BATCH) and one in-process chunk (FEATURE_BATCH), neither a multiple
+    of 3, so a batch that labelled its rows by their index within it would draw other classes."""
+    from pipelines.batch_inference import (BATCH, checkpoint_generator, classifier_extractor, latents,
+                                           logged_generator, sample_and_embed)
+    from pipelines.classifier import FEATURE_BATCH
+    from pipelines.prepare import prepare
+    from pipelines.sample import load_generator
+    from tests.data_formats import random_images
+    from wgan import checkpoint as ckpt
+    from wgan.classifier import Classifier, ClassifierSpec
+
+    classes = 3
+    rng = np.random.default_rng(0)
+    for name in ("circles", "squares", "stars"):
+        (tmp_path / "shapes" / name).mkdir(parents=True)
+        for i, pixels in enumerate(random_images(rng, 16, 28, 1)):
+            Image.fromarray(pixels.squeeze(-1)).save(tmp_path / "shapes" / name / f"{i:02d}.png")
+    data = prepare("imagefolder", str(tmp_path / "shapes"), size=28, channels=1, out=str(tmp_path / "data"),
+                   progress=False).out
+    cfg = TrainConfig(loss="wgan-gp", steps=2, width=8, z_dim=16, batch=16, log_every=1, sample_every=2,
+                      checkpoint_every=2, conditional=True)
+    trained = train(cfg, data, experiment="t", progress=False)
+
+    n, seed = FEATURE_BATCH + 10, 3
+    assert n > BATCH and BATCH % classes and FEATURE_BATCH % classes  # row 500 is class 2, row 1000 class 1
+    model, z_dim = load_generator(trained.run_id)
+
+    def drawn_alone(row: int, label: int) -> np.ndarray:
+        return np.asarray(model.predict(latents(seed, [row], z_dim), params={"label": label}), dtype=np.uint8)[0]
+
+    def differs(actual: np.ndarray, expected: np.ndarray) -> bool:
+        # the same network on the same latent; another batch size may round a pixel the other way
+        return np.abs(actual.astype(int) - expected.astype(int)).max() > 1
+
+    # the label matters: the same latent under another class is another image
+    assert all(differs(drawn_alone(BATCH, 2), drawn_alone(BATCH, other)) for other in (0, 1))
+
+    rows = [0, 1, 2, BATCH - 1, BATCH, BATCH + 1, BATCH + 2, FEATURE_BATCH, FEATURE_BATCH + 1, n - 1]
+    extractor = classifier_extractor(Classifier(ClassifierSpec(channels=1, image_size=28, num_classes=classes)))
+    paths = {
+        # no num_classes given: the sampler takes the class count from the model itself
+        "logged model": sample_and_embed(logged_generator(trained.model_uri, trained.tracking_uri), n, seed,
+                                         extractor)["image"],
+        "checkpoint": sample_and_embed(checkpoint_generator(ckpt.load(trained.checkpoint_dir)), n, seed,
+                                       extractor)["image"],
+        "draw_samples": draw_samples(trained.run_id, n, seed),
+    }
+    assert all(images.shape == (n, 28, 28, 1) for images in paths.values())
+    wrong = [f"{path} row {row}" for path, images in paths.items() for row in rows
+             if differs(images[row], drawn_alone(row, row % classes))]
+    assert not wrong, f"not drawn with label row % {classes}: {', '.join(wrong)}"

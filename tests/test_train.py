@@ -234,3 +234,105 @@ def test_a_killed_train_driver_gives_its_cpus_back(tiny_dataset, ray_session, ml
     while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
         time.sleep(0.25)
     assert ray.available_resources().get("CPU", 0) == total, "the killed run's workers still hold CPUs"
+
+
+def test_a_worker_error_fails_the_run_with_its_logging_sent_and_its_checkpoints_kept(
+        tiny_dataset, ray_session, mlflow_store, tmp_path, monkeypatch):
+    """A worker that raises (the test hook WGANCTL_TEST_FAIL_AT_STEP: step 11, after the log at
+    10 and the checkpoint at 8): the run ends FAILED with that error, every step logged before
+    it is in MLflow, nothing from the failed step on, and checkpoint 8 is still there."""
+    from pipelines.resilient_logging import LOST_TAG
+
+    monkeypatch.setenv("WGANCTL_TEST_FAIL_AT_STEP", "11")
+    cfg = TrainConfig(loss="wgan-gp", steps=20, width=8, z_dim=16, batch=16, n_critic=1,
+                      log_every=2, sample_every=2, checkpoint_every=4)
+    storage = tmp_path / "ckpts"
+    with pytest.raises(TrainingFailed):
+        train(cfg, tiny_dataset, experiment="t", storage_path=str(storage), max_failures=0, progress=False)
+    client = MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert run.info.status == "FAILED"
+    for key in ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_penalty"):
+        assert metric_steps(client, run.info.run_id, key) == list(range(1, 11)), key
+    assert metric_steps(client, run.info.run_id, "throughput/images_per_s") == [2, 4, 6, 8, 10]
+    grids = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert grids == {f"samples/step_{s:06d}.png" for s in (2, 4, 6, 8, 10)}
+    assert LOST_TAG not in run.data.tags  # a reachable server took everything
+    kept = sorted(path.name for path in storage.glob("*/checkpoint_0*"))
+    assert kept == ["checkpoint_0000004", "checkpoint_0000008"]
+    assert ckpt.load(next(storage.glob("*/checkpoint_0000008")))["step"] == 8
+    assert "injected fault at step 11" in run.data.tags["wganctl.failure_reason"]
+
+
+class _SlowTrackingServer(MlflowClient):
+    """The test's sqlite store behind a link that takes ``delay_s`` a request: a remote server's latency."""
+
+    def __init__(self, uri: str, delay_s: float):
+        super().__init__(uri)
+        self.delay_s = delay_s
+
+    def log_batch(self, *args, **kwargs):
+        time.sleep(self.delay_s)
+        return super().log_batch(*args, **kwargs)
+
+    def log_image(self, *args, **kwargs):
+        time.sleep(self.delay_s)
+        return super().log_image(*args, **kwargs)
+
+
+def _log_steps(buffered, run_id: str, steps: range) -> None:
+    """What rank 0 queues at each logging step: its metrics and a grid (a request each)."""
+    from pipelines import tracking
+
+    picture = np.zeros((30, 30, 1), dtype=np.uint8)
+    for step in steps:
+        buffered.log_batch(run_id, metrics=tracking.metrics_batch([(step, {"loss/critic": float(step)})], 0))
+        tracking.log_grid(buffered, run_id, picture, step)
+
+
+def test_a_raising_worker_loop_sends_its_queued_logging_before_the_error_goes_on(mlflow_store):
+    """The guard around the worker loop: with a server that takes 0.2 s a request, what was
+    queued when the loop raised is in MLflow by the time the error leaves it, unchanged."""
+    from pipelines.resilient_logging import LOST_TAG, BufferedMlflowClient
+    from pipelines.train_worker import flushed_on_error
+
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("t")).info.run_id
+    buffered = BufferedMlflowClient(_SlowTrackingServer(mlflow_store, delay_s=0.2))
+    fault = RuntimeError("injected fault at step 6")
+    with pytest.raises(RuntimeError) as raised:
+        with flushed_on_error(buffered, timeout=30):
+            _log_steps(buffered, run_id, range(1, 6))
+            raise fault
+    assert raised.value is fault
+    assert metric_steps(client, run_id, "loss/critic") == [1, 2, 3, 4, 5]
+    assert len(client.list_artifacts(run_id, "samples")) == 5
+    assert LOST_TAG not in client.get_run(run_id).data.tags
+
+
+def test_a_raising_worker_loop_waits_for_mlflow_only_so_long_and_tags_what_it_gave_up(mlflow_store):
+    """With a server too slow to take the queue within the bound (1 s a request, 1.5 s allowed),
+    the error goes on after the bound (plus the lost tag's grace) and the run names what it lacks."""
+    import re
+
+    from pipelines.resilient_logging import LOST_TAG, OUTCOME_GRACE_S, BufferedMlflowClient, TrackingOutageWarning
+    from pipelines.train_worker import flushed_on_error
+
+    client = MlflowClient()
+    run_id = client.create_run(client.create_experiment("t")).info.run_id
+    buffered = BufferedMlflowClient(_SlowTrackingServer(mlflow_store, delay_s=1.0))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="injected"), pytest.warns(TrackingOutageWarning, match="were not sent"):
+        with flushed_on_error(buffered, timeout=1.5):
+            _log_steps(buffered, run_id, range(1, 6))
+            raise RuntimeError("injected fault at step 6")
+    assert time.monotonic() - started < 1.5 + OUTCOME_GRACE_S + 1
+    lost = client.get_run(run_id).data.tags[LOST_TAG]
+    assert "not sent: still queued when closing gave up after 1.5 s" in lost, lost
+    named = re.search(r"metrics of (\d+) steps \(([\d, -]+)\)", lost)
+    given_up = set()
+    for part in named.group(2).split(", "):
+        low, _, high = part.partition("-")
+        given_up.update(range(int(low), int(high or low) + 1))
+    sent = set(metric_steps(client, run_id, "loss/critic"))
+    assert given_up and sent | given_up == {1, 2, 3, 4, 5} and not sent & given_up

@@ -1,7 +1,14 @@
-"""Locations of datasets: a local path or any URI pyarrow understands (s3://, gs://, hdfs://).
+"""Locations of datasets and checkpoints: a local path or any URI pyarrow understands (s3://, gs://).
 
 One resolver keeps every reader and writer agnostic of where the bytes live, so
-the same command works on a laptop and on a cluster with an object store.
+the same command works on a laptop and on a cluster with an object store. Every
+join, parent and listing of a location goes through here: ``pathlib`` turns
+``s3://bucket/x`` into ``s3:/bucket/x``.
+
+Object-store endpoints and credentials come from the standard environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+``AWS_DEFAULT_REGION``), which pyarrow's ``S3FileSystem`` reads when the URI is
+resolved; the resolved filesystem keeps them when it is pickled to Ray workers.
 """
 
 from __future__ import annotations
@@ -10,6 +17,9 @@ import os
 import posixpath
 
 import pyarrow.fs as pafs
+
+# pyarrow's filesystem type names and the URI schemes that resolve back to them.
+_SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
 
 
 def is_uri(location: str) -> bool:
@@ -29,10 +39,42 @@ def absolute(location: str) -> str:
     return location if is_uri(location) else os.path.abspath(os.path.expanduser(location))
 
 
+def uri(filesystem: pafs.FileSystem, path: str) -> str:
+    """``path`` inside ``filesystem`` as a location `resolve` takes back (Ray's ``Checkpoint.path`` has no scheme)."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return path
+    scheme = _SCHEMES.get(filesystem.type_name)
+    if scheme is None:
+        raise ValueError(f"no URI scheme known for a {filesystem.type_name!r} filesystem")
+    return f"{scheme}://{path.lstrip('/')}"
+
+
 def join(location: str, *parts: str) -> str:
     """Join with '/' (URIs and POSIX paths alike)."""
     return posixpath.join(location, *parts)
 
 
+def parent(location: str) -> str:
+    """The location one level up: ``s3://b/x/y`` -> ``s3://b/x``."""
+    head = posixpath.dirname(location.rstrip("/"))
+    if head.endswith(":/") or not head:
+        raise ValueError(f"{location} has no parent inside its filesystem")
+    return head
+
+
+def name(location: str) -> str:
+    """The last component: ``s3://b/x/y`` -> ``y``."""
+    return posixpath.basename(location.rstrip("/"))
+
+
 def exists(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def subdirectories(location: str, prefix: str = "") -> list[str]:
+    """The directories directly in ``location`` whose names start with ``prefix``, sorted, as locations
+    (none when ``location`` does not exist)."""
+    filesystem, path = resolve(location)
+    entries = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(join(location, entry.base_name) for entry in entries
+                  if entry.type == pafs.FileType.Directory and entry.base_name.startswith(prefix))

@@ -1,0 +1,167 @@
+"""Every stage on an object store, as a cluster user runs them: data, checkpoints, sweeps and
+MLflow's artifacts in one bucket of a real S3 API (moto's standalone server on 127.0.0.1,
+from the `object_store` fixture), a real local Ray, and a real `wganctl server` whose
+artifacts go to the bucket. Clients find the server the standard way (AWS_ENDPOINT_URL,
+MLFLOW_S3_ENDPOINT_URL); the bucket is read back through boto3, not through our code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+
+import boto3
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from pipelines.classifier import train_classifier
+from pipelines.cli import app
+from pipelines.train import train
+from pipelines.tune import tune_sweep
+from tests.object_store import bucket_keys
+from tests.processes import TrackingServer
+from tests.test_train import _train_worker_pids
+from wgan.config import TrainConfig
+from wgan.data.manifest import load_manifest
+
+pytestmark = pytest.mark.slow
+
+TINY = dict(width=8, z_dim=16, batch=16, n_critic=1)
+
+
+@pytest.fixture(scope="module")
+def bucket(object_store) -> str:
+    name = f"wganctl-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=object_store).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def server_on_s3(tmp_path_factory, bucket):
+    """`wganctl server` storing every run's artifacts under s3://<bucket>/mlflow."""
+    server = TrackingServer(tmp_path_factory.mktemp("tracking"), "--artifacts-destination", f"{bucket}/mlflow").start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def registered_steps(bucket: str, run_dir: str) -> list[int]:
+    """Checkpoint steps Ray Train has registered for a run (its snapshot in the bucket)."""
+    key = f"{run_dir}/checkpoint_manager_snapshot.json"
+    try:
+        body = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).get_object(Bucket=bucket.removeprefix("s3://"), Key=key)["Body"].read()
+        state = json.loads(body)
+    except Exception:  # not written yet, or being rewritten
+        return []
+    return [int(c["checkpoint_dir_name"].split("_")[-1]) for c in state["checkpoint_results"]]
+
+
+@pytest.mark.timeout(900)
+def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
+        bucket, server_on_s3, ray_session, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server_on_s3.uri)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    # prepare: shards and manifest land in the bucket; a re-run does nothing; a refused run
+    # leaves nothing behind; --force replaces the dataset file by file, manifest last.
+    data = f"{bucket}/data/fm"
+    prepare = ["prepare", "fashion-mnist", "--size", "28", "--split", "train", "--limit", "512", "--out", data, "--quiet"]
+    done = runner.invoke(app, prepare)
+    assert done.exit_code == 0, done.output
+
+    def dataset_keys() -> list[str]:
+        return sorted(["data/fm/manifest.json"] + [f"data/fm/{s['path']}" for s in load_manifest(data)["shards"]])
+
+    def stored_keys() -> list[str]:
+        """The bucket's objects under data/, without the empty `dir/` markers pyarrow writes for directories."""
+        return [key for key in bucket_keys(bucket, "data/") if not key.endswith("/")]
+
+    first = dataset_keys()
+    assert stored_keys() == first
+    again = runner.invoke(app, prepare)
+    assert again.exit_code == 0 and "is up to date" in again.output, again.output
+    refused = runner.invoke(app, [*prepare, "--seed", "1"])
+    assert refused.exit_code == 2 and "other parameters" in refused.output, refused.output
+    assert stored_keys() == first
+    rebuilt = runner.invoke(app, [*prepare, "--seed", "1", "--force"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert load_manifest(data, verify=True)["params"]["seed"] == 1
+    assert stored_keys() == dataset_keys()
+    assert not [key for key in bucket_keys(bucket, "data/") if ".tmp-" in key or ".old-" in key]
+
+    classifier_run = train_classifier(data, epochs=1, test_split="train", progress=False).run_id
+
+    # train from the bucket into the bucket on two workers; both are killed after checkpoint 20
+    # is registered, and the run goes on from that checkpoint, read back from the bucket.
+    storage = f"{bucket}/ckpt"
+    cfg = TrainConfig(loss="wgan-gp", steps=60, workers=2, log_every=2, sample_every=30, checkpoint_every=10, **TINY)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=train(
+        cfg, data, experiment="s3", storage_path=storage, max_failures=1, progress=False)))
+    thread.start()
+    client = MlflowClient()
+    deadline = time.time() + 300
+    run_id = None
+    while time.time() < deadline:
+        runs = client.search_runs([client.get_experiment_by_name("s3").experiment_id]) if client.get_experiment_by_name("s3") else []
+        run_id = runs[0].info.run_id if runs else None
+        if run_id and max(registered_steps(bucket, f"ckpt/wganctl-{run_id}"), default=0) >= 20:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("checkpoint 20 was never registered in the bucket")
+    pids = _train_worker_pids()
+    assert len(pids) == 2, pids
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=400)
+    result = outcome["result"]
+    assert result.run_id == run_id and result.steps == 60
+    assert result.checkpoint_dir == f"{storage}/wganctl-{run_id}/checkpoint_0000060"
+    resumed = [int(m.value) for m in client.get_metric_history(run_id, "train/resumed_from_step")]
+    assert len(resumed) == 1 and resumed[0] >= 20 and resumed[0] % 10 == 0
+    checkpoint_keys = bucket_keys(bucket, f"ckpt/wganctl-{run_id}/")
+    for step in range(10, 61, 10):
+        assert f"ckpt/wganctl-{run_id}/checkpoint_{step:07d}/checkpoint.pt" in checkpoint_keys
+
+    # --resume continues the same run from its last checkpoint in the bucket.
+    continued = train(resume=run_id, steps=70, progress=False)
+    assert continued.run_id == run_id and continued.steps == 70
+    assert [int(m.value) for m in client.get_metric_history(run_id, "train/resumed_from_step")][-1] == 60
+    assert sorted({m.step for m in client.get_metric_history(run_id, "loss/generator")}) == list(range(1, 71))
+
+    # evaluate an early checkpoint, read from the bucket; the reference cache is written beside the data.
+    evaluated = runner.invoke(app, ["evaluate", run_id, "--n", "100", "--metrics", "fid", "--checkpoint", "20",
+                                    "--classifier", classifier_run])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert 20 in {m.step for m in client.get_metric_history(run_id, "eval/fid")}
+    assert f"data/fm/reference/classifier-{classifier_run}.npz" in bucket_keys(bucket, "data/fm/reference/")
+
+    # tune: trials checkpoint into the bucket, Tune keeps its state there, the best is registered.
+    sweep = tune_sweep(data, trials=2, steps=4, reports=2, scheduler="none", experiment="s3-tune",
+                       register="wgan-s3", storage_path=f"{bucket}/sweeps", classifier_run=classifier_run,
+                       base=TrainConfig(**TINY), objective_samples=64, search_seed=0)
+    assert sweep.registered_version == "1" and sweep.best_run_id
+    assert all(row["status"] == "finished" for row in sweep.trials), sweep.trials
+    sweep_keys = bucket_keys(bucket, "sweeps/")
+    assert any(k.startswith(f"sweeps/wganctl-tune-{sweep.parent_run_id}/") for k in sweep_keys)
+    assert any(k.startswith(f"sweeps/wganctl-{sweep.best_run_id}/checkpoint_") for k in sweep_keys)
+    registered = mlflow.pyfunc.load_model("models:/wgan-s3/1")
+    images = registered.predict(np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32))
+    assert images.shape == (3, 28, 28, 1) and images.dtype == np.uint8
+
+    # The tracking server put the runs' grids and models in the bucket, not on its disk.
+    artifact_keys = bucket_keys(bucket, "mlflow/")
+    assert any(k.endswith(f"{run_id}/artifacts/samples/step_000030.png") for k in artifact_keys), artifact_keys[:20]
+    assert sum(k.endswith("/MLmodel") for k in artifact_keys) >= 3  # classifier, the run's generator, the best trial's
+    assert not (server_on_s3.workdir / "mlartifacts").exists()
