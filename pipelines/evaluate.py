@@ -34,7 +34,7 @@ from pipelines import tracking
 from pipelines.batch_inference import (checkpoint_generator, classifier_extractor, embed_shards, inception_extractor,
                                        latents, logged_generator, model_sampler, sample_and_embed)
 from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, load_classifier
-from pipelines.ray_cluster import init_ray, is_ray_client, run_through_ray_client
+from pipelines.ray_cluster import init_ray, through_ray_client
 from pipelines.sample import load_generator
 
 METRICS = ("fid", "kid", "pr", "coverage", "is")
@@ -60,6 +60,7 @@ class Reference:
     sigma: np.ndarray
 
 
+@through_ray_client
 def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = None,
              features: str = "classifier", classifier_run: str | None = None, seed: int = 0,
              inception_weights: str | None = None, checkpoint: int | None = None, address: str | None = None,
@@ -71,10 +72,6 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     cluster to sample and embed on (default RAY_ADDRESS, else a local Ray); ``gpu``: one GPU per
     sampling/embedding actor (default: when the cluster has GPUs); ``checkpoint``: evaluate the generator of the run's checkpoint at
     that step instead of its logged model (metrics are logged at that step: a quality curve)."""
-    if is_ray_client(address):
-        return run_through_ray_client(evaluate, address, dict(
-            run_id=run_id, n=n, metrics=metrics, features=features, classifier_run=classifier_run, seed=seed,
-            inception_weights=inception_weights, checkpoint=checkpoint, gpu=gpu))
     if features not in FEATURES:
         raise UserError(f"unknown feature extractor {features!r}: choose from {', '.join(FEATURES)}")
     metrics = tuple(metrics or DEFAULT_METRICS[features])

@@ -32,7 +32,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
 import wgan
-from pipelines.ray_cluster import init_ray, is_ray_client, run_through_ray_client
+from pipelines.ray_cluster import init_ray, through_ray_client
 from wgan.data import fs as datafs
 from wgan.data.imagefolder import load_image_folder
 from wgan.data.images import pack_images
@@ -53,6 +53,7 @@ class PrepareResult:
     up_to_date: bool = False  # an identical dataset was already there; nothing was done
 
 
+@through_ray_client
 def prepare(
     dataset: str,
     path: str | None = None,
@@ -80,11 +81,6 @@ def prepare(
     """
     from wgan.data.sources import load_dataset  # here, not at the top: Ray workers import this module and need no torchvision
 
-    if is_ray_client(address):
-        return run_through_ray_client(prepare, address, dict(
-            dataset=dataset, path=path, size=size, channels=channels, splits=splits, limit=limit, seed=seed,
-            source_dir=source_dir, out=out, force=force, strict=strict, progress=False,
-            rows_per_shard=rows_per_shard))
     params = _validated_params(dataset, path, size, channels, splits, limit, seed, source_dir, strict, rows_per_shard)
     out = datafs.absolute(out or default_out(dataset, path, size))
     filesystem, out_path = datafs.resolve(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import sys
@@ -56,24 +58,51 @@ def is_ray_client(address: str | None) -> bool:
     return (address or os.environ.get("RAY_ADDRESS") or "").startswith("ray://")
 
 
-def run_through_ray_client(stage: Callable[..., Any], address: str | None, kwargs: dict[str, Any]) -> Any:
-    """Run a whole stage as one task on the cluster behind ``address`` (or RAY_ADDRESS), a
-    ray:// address, and return its result.
+def through_ray_client(stage: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator of a stage function with an ``address`` parameter: called with a Ray Client
+    address (``ray://host:port``, or RAY_ADDRESS), the whole stage runs as one task on that
+    cluster (`run_through_ray_client`), else here.
+
+    The call is bound to the stage's own signature (`inspect.signature`), so every argument
+    travels to the task as given, and a parameter a stage gains later travels too. The task
+    gets ``address="auto"`` (it joins the cluster it runs on) and, where the stage has one,
+    ``progress=False``: a task has no terminal to draw a bar on.
+    """
+    signature = inspect.signature(stage)
+
+    @functools.wraps(stage)
+    def here_or_on_the_cluster(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        address = bound.arguments.get("address")
+        if not is_ray_client(address):
+            return stage(*args, **kwargs)
+        bound.arguments["address"] = "auto"
+        if "progress" in signature.parameters:
+            bound.arguments["progress"] = False
+        return run_through_ray_client(here_or_on_the_cluster, address or os.environ["RAY_ADDRESS"],
+                                      bound.args, bound.kwargs)
+
+    return here_or_on_the_cluster
+
+
+def run_through_ray_client(stage: Callable[..., Any], address: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Run ``stage(*args, **kwargs)`` as one task on the cluster behind ``address``, a ray://
+    address, and return its result.
 
     A Ray Client driver has no core worker of its own, and Ray Data's executor (prepare's
     encoding, train's and evaluate's reads) and Tune's driver need one; a task on the
     cluster has one. The task takes no CPU (the stage's own tasks and workers take
-    them), joins the cluster it runs on (``address="auto"``), and logs to this machine's
-    MLFLOW_TRACKING_URI when one is set (else the cluster's own). Paths are the cluster's.
+    them) and logs to this machine's MLFLOW_TRACKING_URI when one is set (else the
+    cluster's own). Paths are the cluster's.
     A UserError comes back as itself (one line, exit 2); Ctrl-C cancels the task, which
     the stage sees as its own Ctrl-C.
     """
     from ray.exceptions import RayTaskError
 
-    _connect_client(address or os.environ["RAY_ADDRESS"])
+    _connect_client(address)
     env = {key: os.environ[key] for key in ("MLFLOW_TRACKING_URI",) if os.environ.get(key)}
     task = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": env})(stage)
-    ref = task.remote(**{**kwargs, "address": "auto"})
+    ref = task.remote(*args, **kwargs)
     try:
         return ray.get(ref)
     except KeyboardInterrupt:

@@ -21,7 +21,7 @@ from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import UserError
 from pipelines import checkpoints, tracking
-from pipelines.ray_cluster import init_ray, is_ray_client, run_through_ray_client, worker_resources
+from pipelines.ray_cluster import init_ray, through_ray_client, worker_resources
 
 DEFAULT_STORAGE = "ray_results"
 # A dataset whose images take at most this share of the object store is read once and
@@ -71,6 +71,7 @@ def _resumed_config(client: MlflowClient, run_id: str, steps: int | None) -> tup
     return cfg, run.data.params["data_dir"], run.data.tags["ray.storage_path"]
 
 
+@through_ray_client
 def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experiment: str = "wganctl",
           resume: str | None = None, storage_path: str | None = None, address: str | None = None,
           max_failures: int = 2, progress: bool = True, steps: int | None = None,
@@ -85,12 +86,6 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
     for PBT, ``init_checkpoint``: a new run starts from another run's checkpoint (weights,
     optimizer states with this config's learning rate, step).
     """
-    if is_ray_client(address):  # progress comes back as the result: a task has no terminal here
-        return run_through_ray_client(train, address, dict(
-            cfg=cfg, data_dir=data_dir, experiment=experiment, resume=resume, storage_path=storage_path,
-            max_failures=max_failures, progress=False, steps=steps, verbose=verbose, parent_run_id=parent_run_id,
-            tags=tags, callbacks=callbacks, objective=objective, cpus_per_worker=cpus_per_worker,
-            init_checkpoint=init_checkpoint))
     if resume:
         client = MlflowClient(tracking.tracking_uri())
         cfg, logged_data_dir, storage_path = _resumed_config(client, resume, steps)

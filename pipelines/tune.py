@@ -34,6 +34,7 @@ from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest
 from wgan.errors import UserError
 from pipelines import checkpoints, objective, tracking
+from pipelines.ray_cluster import through_ray_client
 from pipelines.search_space import load_space, to_param_space
 from pipelines.train import DEFAULT_STORAGE, TrainingFailed, train
 
@@ -233,6 +234,7 @@ def pbt_mutations(space: dict[str, Any]) -> dict[str, Any]:
             if k in PBT_KNOBS and isinstance(v, Domain) and not isinstance(v, Function)}
 
 
+@through_ray_client
 def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None, scheduler: str = "asha",
                steps: int = 400, reports: int = 16, trial_workers: int = 1, gpus_per_trial: float = 0,
                max_concurrent: int | None = None, experiment: str = "wganctl-tune", register: str | None = None,
@@ -243,15 +245,6 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
 
     ``search_seed`` makes the sampled trial configurations reproducible (two sweeps with the
     same seed and space draw the same trials)."""
-    from pipelines.ray_cluster import is_ray_client, run_through_ray_client
-
-    if is_ray_client(address):
-        return run_through_ray_client(tune_sweep, address, dict(
-            data_dir=data_dir, trials=trials, space_file=space_file, scheduler=scheduler, steps=steps,
-            reports=reports, trial_workers=trial_workers, gpus_per_trial=gpus_per_trial,
-            max_concurrent=max_concurrent, experiment=experiment, register=register, resume=resume,
-            classifier_run=classifier_run, objective_samples=objective_samples, base=base,
-            storage_path=storage_path, search_seed=search_seed))
     if scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if trials < 1 or reports < 1 or steps < reports:

@@ -233,7 +233,7 @@ def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path
                                    env_vars={"MLFLOW_TRACKING_URI": tracking_server.uri}, timeout=JOB_TIMEOUT_S)
 
         # ---- the same stages from outside the cluster, through Ray Client (ray://): each runs as one
-        # task there (pipelines.ray_cluster.run_through_ray_client), logging to this machine's server.
+        # task there (pipelines.ray_cluster.through_ray_client), logging to this machine's server.
         # Evaluate first, then train and tune side by side (a worker each on the three one-CPU
         # nodes, one CPU left for reading). All three at once hung here until the timeout:
         # the evaluation's actors took the CPU the others' Ray Data reads were waiting for.
