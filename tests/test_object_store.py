@@ -165,3 +165,42 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
     assert any(k.endswith(f"{run_id}/artifacts/samples/step_000030.png") for k in artifact_keys), artifact_keys[:20]
     assert sum(k.endswith("/MLmodel") for k in artifact_keys) >= 3  # classifier, the run's generator, the best trial's
     assert not (server_on_s3.workdir / "mlartifacts").exists()
+
+
+class _RecordingFilesystem:
+    """The real S3 filesystem, with the order of its moves written down."""
+
+    def __init__(self, filesystem):
+        self.filesystem, self.moves = filesystem, []
+
+    def move(self, source: str, destination: str) -> None:
+        self.moves.append((source, destination))
+        self.filesystem.move(source, destination)
+
+    def __getattr__(self, name):
+        return getattr(self.filesystem, name)
+
+
+def test_publishing_on_s3_moves_a_new_manifest_last_and_an_old_one_first(s3_bucket):
+    """Object stores cannot rename a directory: `prepare` moves file by file, so that a reader
+    never finds a manifest whose shards are not all there (docs/architecture.md, section 1)."""
+    from pipelines import prepare as prepare_module
+    from wgan.data import fs as datafs
+
+    filesystem, root = datafs.resolve(f"{s3_bucket}/data")
+    for build, body in (("fm", b"old"), ("fm.tmp-1", b"new")):
+        for name in ("part-00000.parquet", "manifest.json", "part-00001.parquet"):
+            with filesystem.open_output_stream(f"{root}/{build}/{name}") as out:
+                out.write(body)
+    recording = _RecordingFilesystem(filesystem)
+    prepare_module._publish(recording, f"{root}/fm.tmp-1", f"{root}/fm")
+
+    aside = [(s, d) for s, d in recording.moves if "/fm/" in s]
+    into = [(s, d) for s, d in recording.moves if ".tmp-1/" in s]
+    assert len(aside) == 3 and aside[0][0].endswith("/fm/manifest.json")  # the old dataset stops being one first
+    assert len(into) == 3 and into[-1][1].endswith("/fm/manifest.json")  # the new one becomes one last
+    assert recording.moves.index(aside[-1]) < recording.moves.index(into[0])
+    stored = [key for key in bucket_keys(s3_bucket, "data/") if not key.endswith("/")]
+    assert stored == ["data/fm/manifest.json", "data/fm/part-00000.parquet", "data/fm/part-00001.parquet"]
+    with filesystem.open_input_stream(f"{root}/fm/manifest.json") as handle:
+        assert handle.read() == b"new"

@@ -173,10 +173,10 @@ def test_failed_final_move_keeps_the_previous_dataset_and_no_tmp(tmp_path: Path,
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     real_move = prepare_module._move_dir
 
-    def move_failing_for_the_new_build(filesystem, source, destination):
+    def move_failing_for_the_new_build(filesystem, source, destination, **options):
         if ".tmp-" in source:
             raise OSError("disk full")
-        real_move(filesystem, source, destination)
+        real_move(filesystem, source, destination, **options)
 
     monkeypatch.setattr(prepare_module, "_move_dir", move_failing_for_the_new_build)
     with pytest.raises(OSError, match="disk full"):
