@@ -52,13 +52,9 @@ def object_store():
 @pytest.fixture
 def s3_bucket(object_store) -> str:
     """A new, empty bucket on the test's S3 server: its s3:// URI."""
-    import uuid
+    from tests.object_store import new_bucket
 
-    import boto3
-
-    name = f"wganctl-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=object_store).create_bucket(Bucket=name)
-    return f"s3://{name}"
+    return new_bucket(object_store)
 
 
 @pytest.fixture(scope="session")

@@ -128,3 +128,18 @@ class TrackingServer:
     def artifact_names(self, run_id: str, path: str) -> list[str]:
         listing = self.api("GET", "artifacts/list", params={"run_id": run_id, "path": path})
         return sorted(Path(f["path"]).name for f in listing.get("files", []))
+
+
+def train_worker_pids() -> list[int]:
+    """PIDs of this machine's Ray Train worker processes (what a killed-worker test kills)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"RayTrainWorker" in cmdline:
+            pids.append(int(entry.name))
+    return pids

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 
 import boto3
 import mlflow
@@ -25,9 +24,9 @@ from pipelines.classifier import train_classifier
 from pipelines.cli import app
 from pipelines.train import train
 from pipelines.tune import tune_sweep
-from tests.object_store import bucket_keys
+from tests.object_store import bucket_keys, new_bucket
 from tests.processes import TrackingServer
-from tests.test_train import _train_worker_pids
+from tests.processes import train_worker_pids
 from wgan.config import TrainConfig
 from wgan.data.manifest import load_manifest
 
@@ -38,9 +37,8 @@ TINY = dict(width=8, z_dim=16, batch=16, n_critic=1)
 
 @pytest.fixture(scope="module")
 def bucket(object_store) -> str:
-    name = f"wganctl-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=object_store).create_bucket(Bucket=name)
-    return f"s3://{name}"
+    """One bucket for the whole end-to-end run (the server's artifacts go to it too)."""
+    return new_bucket(object_store)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +118,7 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
         time.sleep(0.3)
     else:
         pytest.fail("checkpoint 20 was never registered in the bucket")
-    pids = _train_worker_pids()
+    pids = train_worker_pids()
     assert len(pids) == 2, pids
     for pid in pids:
         os.kill(pid, signal.SIGKILL)

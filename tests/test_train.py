@@ -7,7 +7,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from tests.processes import train_worker_pids
 from pipelines.train import TrainingFailed, train
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
@@ -121,20 +121,6 @@ def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_s
     assert bad.exit_code == 2 and "--class must be in [0, 9]" in bad.output
 
 
-def _train_worker_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"RayTrainWorker" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_session, mlflow_store, tmp_path):
     # 100 steps: the kill lands after checkpoint 20 is registered, with 8 checkpoints to go.
     cfg = TrainConfig(loss="wgan-gp", steps=100, width=8, z_dim=16, batch=16, n_critic=1,
@@ -164,7 +150,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     last_registered = max(registered(), default=0)
     assert last_registered >= 20, "checkpoint 20 was never registered"
-    pids = _train_worker_pids()
+    pids = train_worker_pids()
     assert pids, "no Ray Train worker process found"
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
