@@ -43,7 +43,7 @@ from wgan.networks import build_critic, build_generator  # noqa: E402
 from wgan.step import TrainStep, build_optimizers  # noqa: E402
 
 SAMPLES = 10_000
-PAPER = TrainConfig(loss="wgan-gp", width=64, batch=64, precision="fp32")
+PAPER = TrainConfig(loss="wgan-gp", width=64, batch=64)
 
 
 def parse_contender(text: str) -> tuple[str, TrainConfig]:
@@ -65,11 +65,12 @@ def endless(reader):
         yield from reader
 
 
-def train_for(cfg: TrainConfig, data: str, manifest: dict, budget_s: float) -> tuple[torch.nn.Module, int]:
+def train_for(cfg: TrainConfig, data: str, manifest: dict, budget_s: float,
+              precision_mode: str = "auto") -> tuple[torch.nn.Module, int]:
     cfg = dataclasses.replace(cfg, image_size=manifest["size"], channels=manifest["channels"]).resolved()
     torch.manual_seed(cfg.seed)
     generator, critic = build_generator(cfg), build_critic(cfg)
-    step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic))
+    step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic), precision_mode=precision_mode)
     ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.g_ema), use_buffers=True) if cfg.g_ema else None
     batches = endless(split_reader(data, manifest, "train", cfg.batch, shuffle=True, seed=cfg.seed))
     steps, start = 0, time.perf_counter()
@@ -108,7 +109,7 @@ def main() -> None:
     rows = {}
     for text in args.configs.split(","):
         name, cfg = parse_contender(text)
-        generator, steps = train_for(cfg, args.data, manifest, args.budget)
+        generator, steps = train_for(cfg, args.data, manifest, args.budget, "fp32" if name == "paper" else "auto")
         features, logits = features_and_logits(classifier, [samples(generator, cfg.z_dim)])
         fd = frechet_distance_from_statistics(*feature_statistics(features), mu, sigma)
         coverage = class_coverage(logits.argmax(1), classes)

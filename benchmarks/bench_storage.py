@@ -76,7 +76,7 @@ def worker_loop(config: dict) -> None:
                     module.load_state_dict(payload[key])
                 add(fetch=t1 - t0, load=time.perf_counter() - t1)
         return config["timings"].put(times | {"ended": [time.time()]})
-    TrainStep(cfg, g, d, g_opt, d_opt)((torch.rand(8, cfg.channels, cfg.image_size, cfg.image_size) * 2 - 1, None)
+    TrainStep(cfg, g, d, g_opt, d_opt, precision_mode="fp32")((torch.rand(8, cfg.channels, cfg.image_size, cfg.image_size) * 2 - 1, None)
                                        for _ in range(cfg.n_critic))
     storage = ray.train.get_context().get_storage()
     fs = storage.storage_filesystem
@@ -174,7 +174,7 @@ def main() -> None:
         timings = Queue(actor_options={"num_cpus": 0})  # Result.metrics are the latest checkpoint's, not ours
         with tempfile.TemporaryDirectory(prefix="bench-storage-") as work:
             for n, width in enumerate(int(w) for w in args.widths.split(",")):
-                cfg = dataclasses.replace(MAIN_JOB, width=width, image_size=28, channels=1, precision="fp32").resolved()
+                cfg = dataclasses.replace(MAIN_JOB, width=width, image_size=28, channels=1).resolved()
                 out = {}
                 for label, storage in [("local", work), ("s3", f"s3://{BUCKET}/ckpt")][::1 - 2 * (n % 2)]:
                     name = f"bench-storage-w{width}-{label}-{uuid.uuid4().hex[:8]}"

@@ -49,7 +49,6 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -63,7 +62,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wgan.config import TrainConfig  # noqa: E402
+from wgan.config import RunSettings, TrainConfig  # noqa: E402
 from wgan.networks import build_critic, build_generator  # noqa: E402
 from wgan.precision import cpu_has_bf16  # noqa: E402
 from wgan.step import TrainStep, build_optimizers  # noqa: E402
@@ -77,7 +76,6 @@ BF16_PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
 
 
 def config(size: int, width: int, **overrides) -> TrainConfig:
-    overrides.setdefault("precision", "fp32")
     return TrainConfig(image_size=size, channels=CHANNELS[size], width=width, **overrides).resolved()
 
 
@@ -115,8 +113,9 @@ def plain_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Mo
 
 
 def our_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Module,
-             channels_last: bool = False) -> Step:
-    train_step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic))
+             channels_last: bool = False, precision_mode: str = "fp32") -> Step:
+    train_step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic),
+                           precision_mode=precision_mode)
     layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def step(reals: list[torch.Tensor]) -> None:
@@ -125,10 +124,10 @@ def our_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Modu
     return step
 
 
-def channels_last(cfg: TrainConfig, device: torch.device) -> Step:
+def channels_last(cfg: TrainConfig, device: torch.device, precision_mode: str = "fp32") -> Step:
     g, d = networks(cfg, device)
     return our_step(cfg, g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last),
-                    channels_last=True)
+                    channels_last=True, precision_mode=precision_mode)
 
 
 def contenders(cfg: TrainConfig, device: torch.device, compile_generator: bool) -> dict[str, Step]:
@@ -138,11 +137,10 @@ def contenders(cfg: TrainConfig, device: torch.device, compile_generator: bool) 
         g, d = networks(cfg, device)
         out["ours + compiled G"] = our_step(cfg, torch.compile(g), d)
     if device.type == "cuda" or cpu_has_bf16():
-        bf16 = dataclasses.replace(cfg, precision="bf16")
-        out["ours + bf16 autocast"] = our_step(bf16, *networks(cfg, device))
+        out["ours + bf16 autocast"] = our_step(cfg, *networks(cfg, device), precision_mode="bf16")
     if device.type == "cuda":
-        out["ours + bf16 + ch_last"] = channels_last(bf16, device)
-        out["ours + fp16 + scaler"] = our_step(dataclasses.replace(cfg, precision="fp16"), *networks(cfg, device))
+        out["ours + bf16 + ch_last"] = channels_last(cfg, device, precision_mode="bf16")
+        out["ours + fp16 + scaler"] = our_step(cfg, *networks(cfg, device), precision_mode="fp16")
     return out
 
 
@@ -226,7 +224,7 @@ def bench_step(sizes: list[int], width: int, batch: int, steps: int, rounds: int
     print(f"{'size':>8}  {'contender':<22} {'images/s':>9}  {'/ plain':>7}  {'/ ours':>6}  {'TFLOP/s':>8}"
           + (f"  {'% bf16 peak':>11}" if peak else ""))
     for size in sizes:
-        cfg = config(size, width, batch=batch, gpu=device.type == "cuda")
+        cfg = config(size, width, batch=batch)
         start = time.perf_counter()
         reals = real_batches(cfg, device)
         flops = flops_per_step(cfg, device, reals)
@@ -260,23 +258,23 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
     if data_dir is None:
         data_dir = prepare("fashion-mnist", size=28, splits=["train"], out=str(work / "fm28"), progress=False).out
     # the default logging interval, shortened where the run is too short for 8 intervals
-    cfg = config(28, width, steps=train_steps, log_every=min(TrainConfig.log_every, max(1, train_steps // 8)),
-                 gpu=gpu)
+    cfg = config(28, width, steps=train_steps)
+    settings = RunSettings(log_every=min(RunSettings.log_every, max(1, train_steps // 8)), gpu=gpu, precision="fp32",
+                           storage_path=str(work / "ray_results"))
     if not gpu:
         torch.set_num_threads(worker_resources(1, False, local=True)[1])  # the worker's thread count
     loops = {"plain loop": plain_step(cfg, *networks(cfg, device)), "ours": our_step(cfg, *networks(cfg, device))}
     reals = real_batches(cfg, device)
     # The loops are timed over as many steps as one logged interval of the run (sustained, like
     # the run's rate): 2-step timings here read 13% above 20-step ones for the plain loop.
-    window = max(steps, cfg.log_every)
+    window = max(steps, settings.log_every)
     ratios: dict[str, list[float]] = {name: [] for name in loops}
     pipeline_rates = []
     for r in range(rounds):
         # Each Ray run sits between two timings of the loops, so a slow drift of the machine cancels.
         before = measure(loops, reals, window, 2)
         start = time.perf_counter()
-        result = pipelines.train.train(cfg, data_dir, experiment="bench-train", progress=False,
-                                       storage_path=str(work / "ray_results"))
+        result = pipelines.train.train(cfg, data_dir, experiment="bench-train", run=settings, progress=False)
         seconds = time.perf_counter() - start
         after = measure(loops, reals, window, 2)
         history = sorted(MlflowClient().get_metric_history(result.run_id, "throughput/images_per_s"),

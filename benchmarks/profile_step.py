@@ -10,7 +10,6 @@ can be traced to the kernels that cause it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -35,9 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    cfg = config(args.size, args.width, batch=args.batch, gpu=device.type == "cuda")
-    cfg = dataclasses.replace(cfg, precision=args.precision)
-    step, reals = our_step(cfg, *networks(cfg, device)), real_batches(cfg, device)
+    cfg = config(args.size, args.width, batch=args.batch)
+    step, reals = our_step(cfg, *networks(cfg, device), precision_mode=args.precision), real_batches(cfg, device)
     step(reals)  # warm-up
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

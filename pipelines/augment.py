@@ -26,7 +26,7 @@ from wgan.classifier import Classifier, ClassifierSpec, fit
 from wgan.data.manifest import load_manifest, manifest_sha256
 from wgan.data.reader import pixels_to_tensor
 from wgan.errors import UserError
-from pipelines import tracking
+from pipelines import run_tags, tracking
 from pipelines.batch_inference import latents
 from pipelines.classifier import split_manifest
 from pipelines.evaluate import dataset_labels, read_rows
@@ -63,8 +63,8 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
         if int(run.data.params.get("num_classes", 0) or 0) != len(classes):
             raise UserError(f"run {run_id} is not a class-conditional run on {len(classes)} classes: "
                             f"train one with `wganctl train --conditional` on this dataset")
-        if run.data.tags.get("data.dataset") != manifest.get("dataset") or int(run.data.params["image_size"]) != manifest["size"]:
-            raise UserError(f"run {run_id} was trained on other data ({run.data.tags.get('data.dataset')}, "
+        if run.data.tags.get(run_tags.DATA_DATASET) != manifest.get("dataset") or int(run.data.params["image_size"]) != manifest["size"]:
+            raise UserError(f"run {run_id} was trained on other data ({run.data.tags.get(run_tags.DATA_DATASET)}, "
                             f"{run.data.params['image_size']} px): give runs trained on {manifest.get('dataset')} "
                             f"at {manifest['size']} px")
         arms[f"with-{run.data.params['loss']}"] = (run_id, True)  # real images plus this run's samples
@@ -152,8 +152,8 @@ def _log(client: MlflowClient, experiment: str, data_dir: str, manifest: dict, p
     import matplotlib.pyplot as plt
 
     run = client.create_run(tracking.experiment_id(client, experiment), tags={
-        "wganctl.stage": STAGE, "data.manifest_sha256": manifest_sha256(data_dir), "data.dataset": str(manifest.get("dataset")),
-        "code.version": tracking.code_version(), "mlflow.runName": f"augment-{params['real_per_class']}-per-class"})
+        run_tags.STAGE: STAGE, run_tags.DATA_MANIFEST_SHA256: manifest_sha256(data_dir), run_tags.DATA_DATASET: str(manifest.get("dataset")),
+        run_tags.CODE_VERSION: tracking.code_version(), run_tags.RUN_NAME: f"augment-{params['real_per_class']}-per-class"})
     run_id = run.info.run_id
     for key, value in {**params, "data_dir": data_dir}.items():
         client.log_param(run_id, key, value)

@@ -27,7 +27,7 @@ from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.data.reader import ShardReader
 from wgan.errors import UserError
 from wgan.metrics import frechet_distance
-from pipelines import tracking
+from pipelines import run_tags, tracking
 
 STAGE = "classifier"
 MODEL_NAME = "classifier"
@@ -111,12 +111,12 @@ def _start_run(client: MlflowClient, experiment: str, data_dir: str, manifest: d
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     run = client.create_run(exp_id, tags={
-        "wganctl.stage": STAGE,
-        "data.manifest_sha256": manifest_sha256(data_dir),
-        "data.dataset": str(manifest.get("dataset")),
-        "data.dir": data_dir,
-        "code.version": tracking.code_version(),
-        "mlflow.runName": f"classifier-{manifest.get('dataset')}-{manifest['size']}px",
+        run_tags.STAGE: STAGE,
+        run_tags.DATA_MANIFEST_SHA256: manifest_sha256(data_dir),
+        run_tags.DATA_DATASET: str(manifest.get("dataset")),
+        run_tags.DATA_DIR: data_dir,
+        run_tags.CODE_VERSION: tracking.code_version(),
+        run_tags.RUN_NAME: f"classifier-{manifest.get('dataset')}-{manifest['size']}px",
     })
     client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id
@@ -200,7 +200,7 @@ def load_classifier(run_id: str) -> Classifier:
     """The classifier of a `train-classifier` run, from its state dict artifact (no unpickling), in eval mode."""
     client = MlflowClient(tracking.tracking_uri())
     run = tracking.get_run(client, run_id)
-    if run.data.tags.get("wganctl.stage") != STAGE:
+    if run.data.tags.get(run_tags.STAGE) != STAGE:
         raise UserError(f"MLflow run {run_id} is not a classifier run: give the id printed by `wganctl train-classifier`")
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(f"{run.info.artifact_uri}/{WEIGHTS_ARTIFACT}", dst_path=tmp)

@@ -10,14 +10,13 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import typer
 
+from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
-
-if TYPE_CHECKING:  # the CLI imports the library lazily, to start fast
-    from wgan.config import TrainConfig
+from pipelines.cli_options import config_values, knob_options
 
 app = typer.Typer(
     name="wganctl",
@@ -95,76 +94,52 @@ def prepare(
     typer.echo(f"prepared {result.manifest['count']} images -> {result.out}{note}")
 
 
-BATCH_HELP = ("global batch of real images per critic step; each of the --workers workers takes "
-              "batch/workers of it, and DDP averages their gradients, so a step equals one step at the "
-              "global batch (must divide evenly)")
+def _resumed_train_settings(resume: str, values: dict[str, dict]) -> "RunSettings | None":
+    """--resume: refuse an option that would change the run, apply the run settings given."""
+    from pipelines.train import logged_run_settings
+    from wgan.config import TrainConfig
+    from wgan.knobs import knobs
 
+    refused = [k.option for k in knobs(TrainConfig) if k.name in values["TrainConfig"] and not k.on_resume]
+    if refused:
+        raise UserError(f"{', '.join(refused)} would change the model or objective of run {resume}, which --resume "
+                        f"continues as it was: drop {'it' if len(refused) == 1 else 'them'}, or start a new run "
+                        f"(--workers, --gpu, --precision, the intervals and --storage-path may change)")
+    if not values["RunSettings"]:
+        return None
+    import dataclasses
 
-def _train_config(config_file: Optional[Path], **given) -> "TrainConfig":
-    """Config file values, overridden by the options given on the command line."""
-    import yaml
-
-    from wgan.config import ConfigError, TrainConfig
-
-    values: dict = {}
-    if config_file is not None:
-        if not config_file.is_file():
-            raise UserError(f"config file {config_file} does not exist")
-        try:
-            values = yaml.safe_load(config_file.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise UserError(f"config file {config_file} is not valid YAML/JSON: {str(err).splitlines()[0]}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {config_file} must hold a mapping of option names to values")
-    values.update({k: v for k, v in given.items() if v is not None})
-    return TrainConfig.from_dict(values)
+    return dataclasses.replace(logged_run_settings(resume), **values["RunSettings"])
 
 
 @app.command()
 @user_errors_exit_2
+@knob_options(TrainConfig, RunSettings)
 def train(
     data: Optional[str] = typer.Option(None, "--data", help="prepared dataset directory (from `wganctl prepare`)"),
-    loss: Optional[str] = typer.Option(None, "--loss", help="wgan-gp (default), wgan or gan"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="generator: dcgan (default) or mlp"),
-    width: Optional[int] = typer.Option(None, "--width", help="base channel width of the DCGAN networks (64)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="generator steps (2000)"),
-    batch: Optional[int] = typer.Option(None, "--batch", help=BATCH_HELP + " (64)"),
-    n_critic: Optional[int] = typer.Option(None, "--n-critic", help="critic steps per generator step (paper: 5; gan: 1)"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (paper: wgan 5e-5, wgan-gp 1e-4, gan 2e-4)"),
-    lambda_gp: Optional[float] = typer.Option(None, "--lambda-gp", help="gradient penalty weight (wgan-gp; paper: 10)"),
-    clip: Optional[float] = typer.Option(None, "--clip", help="critic weight clip c (wgan; paper: 0.01)"),
-    critic_norm: Optional[str] = typer.Option(None, "--critic-norm", help="none, layer or batch (batch refused with wgan-gp)"),
-    z_dim: Optional[int] = typer.Option(None, "--z-dim", help="latent size (128)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="data-parallel Ray Train workers (1)"),
-    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per worker"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="random seed (0)"),
-    log_every: Optional[int] = typer.Option(None, "--log-every", help="steps between metric flushes (25)"),
-    sample_every: Optional[int] = typer.Option(None, "--sample-every", help="steps between sample grids (250)"),
-    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", help="steps between checkpoints (250)"),
-    g_ema: Optional[float] = typer.Option(None, "--g-ema", help="decay of a moving average of the generator, e.g. 0.999; it then samples and is logged (0: off)"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 where the hardware has it), bf16, fp16 (GPUs only, with loss scaling) or fp32"),
-    conditional: Optional[bool] = typer.Option(None, "--conditional", help="class-conditional generator and critic (labelled data)"),
-    conditioning: Optional[str] = typer.Option(None, "--conditioning", help="how a conditional critic uses the label: projection (default) or aux (auxiliary classifier)"),
     experiment: str = typer.Option("wganctl", "--experiment", help="MLflow experiment"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="MLflow run id to continue (same run, same step count)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of train options (options given here win)"),
-    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="checkpoint storage: local dir, s3://, shared FS (./ray_results)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="MLflow run id to continue: the same run, from its "
+                                         "last checkpoint; run settings given here apply (recorded in its "
+                                         "wganctl.resumed_with tag), options that would change the model are refused"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of train options, keyed by option "
+                                          "name with _ (options given here win)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker and controller logs"),
+    **knob_values,
 ) -> None:
     """Train WGAN, WGAN-GP or a standard GAN on Ray Train; every run is logged to MLflow."""
     from pipelines.train import TrainingFailed, train as run_train
 
-    cfg = _train_config(config, loss=loss, arch=arch, width=width, steps=steps, batch=batch, n_critic=n_critic,
-                        lr=lr, lambda_gp=lambda_gp, clip=clip, critic_norm=critic_norm, z_dim=z_dim,
-                        workers=workers, gpu=gpu, seed=seed, log_every=log_every, sample_every=sample_every,
-                        checkpoint_every=checkpoint_every, g_ema=g_ema, precision=precision,
-                        conditional=conditional, conditioning=conditioning)
+    values = config_values(config, knob_values, TrainConfig, RunSettings)
+    if resume:
+        cfg, settings = None, _resumed_train_settings(resume, values)
+        steps = values["TrainConfig"].get("steps")
+    else:
+        cfg, settings, steps = TrainConfig.from_dict(values["TrainConfig"]), RunSettings(**values["RunSettings"]), None
     try:
-        result = run_train(None if resume else cfg, data, experiment=experiment, resume=resume,
-                           storage_path=storage_path, address=address, progress=not quiet,
-                           steps=steps if resume else None, verbose=verbose)
+        result = run_train(cfg, data, run=settings, experiment=experiment, resume=resume, steps=steps,
+                           address=address, progress=not quiet, verbose=verbose)
     except TrainingFailed as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)

@@ -30,7 +30,7 @@ from wgan.errors import UserError
 from wgan.images import grid
 from wgan.metrics import (class_coverage, feature_statistics, frechet_distance_from_statistics, inception_score,
                           kernel_inception_distance, nearest_neighbours, precision_recall)
-from pipelines import tracking
+from pipelines import run_tags, tracking
 from pipelines.batch_inference import (checkpoint_generator, classifier_extractor, embed_shards, inception_extractor,
                                        latents, logged_generator, model_sampler, sample_and_embed)
 from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, load_classifier
@@ -89,7 +89,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
                         "weights-inception-2015-12-05-6726825d.pth, downloaded where a network exists")
     client = MlflowClient(tracking.tracking_uri())
     run = tracking.get_run(client, run_id)
-    if run.data.tags.get("wganctl.stage") != "train":
+    if run.data.tags.get(run_tags.STAGE) != "train":
         raise UserError(f"MLflow run {run_id} is not a wganctl training run: give the id of one")
     data_dir = run.data.params["data_dir"]
     manifest = _training_manifest(run, data_dir, labels_needed=not inception)
@@ -114,7 +114,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         # the sampler reads the class count from the model; the per-class metrics' K is checked against it
         generator = logged_generator(f"runs:/{run_id}/{tracking.MODEL_NAME}", tracking.tracking_uri(),
                                      num_classes=int(run.data.params.get("num_classes", 0) or 0))
-        step = int(run.data.tags.get("wganctl.completed_steps", "0"))
+        step = int(run.data.tags.get(run_tags.COMPLETED_STEPS, "0"))
     else:
         generator, step = checkpoint_generator(_checkpoint_payload(run, checkpoint)), checkpoint
         tags["eval.checkpoint_step"] = str(checkpoint)
@@ -195,7 +195,7 @@ def _checkpoint_payload(run, step: int) -> dict:
     """The run's Ray Train checkpoint at ``step`` (local or remote storage), loaded without unpickling."""
     from pipelines import checkpoints
 
-    storage = run.data.tags.get("ray.storage_path", "")
+    storage = run.data.tags.get(run_tags.STORAGE_PATH, "")
     saved = checkpoints.run_checkpoints(storage, run.info.run_id) if storage else []
     wanted = [where for where in saved if datafs.name(where) == checkpoints.dir_name(step)]
     if not wanted:
@@ -218,7 +218,7 @@ def _file_sha256(path: str) -> str:
 def _training_manifest(run, data_dir: str, labels_needed: bool = True) -> dict:
     """The manifest of the data the run trained on; refused if the directory now holds other data."""
     manifest = load_manifest(data_dir, verify=False)
-    if manifest_sha256(data_dir) != run.data.tags.get("data.manifest_sha256"):
+    if manifest_sha256(data_dir) != run.data.tags.get(run_tags.DATA_MANIFEST_SHA256):
         raise UserError(f"{data_dir} no longer holds the data run {run.info.run_id} trained on (manifest sha256 differs): "
                         f"prepare that data again at {data_dir} to evaluate against it")
     if labels_needed and not manifest["class_names"]:
@@ -229,10 +229,10 @@ def _training_manifest(run, data_dir: str, labels_needed: bool = True) -> dict:
 def find_classifier(client: MlflowClient, run) -> str:
     """The newest finished classifier run on the same dataset, image size and channels as ``run``."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    dataset = run.data.tags.get("data.dataset", "").replace("'", "")
+    dataset = run.data.tags.get(run_tags.DATA_DATASET, "").replace("'", "")
     found = client.search_runs(
         experiments,
-        filter_string=(f"tags.`wganctl.stage` = '{CLASSIFIER_STAGE}' and tags.`data.dataset` = '{dataset}' "
+        filter_string=(f"tags.`{run_tags.STAGE}` = '{CLASSIFIER_STAGE}' and tags.`{run_tags.DATA_DATASET}` = '{dataset}' "
                        f"and params.image_size = '{run.data.params['image_size']}' "
                        f"and params.channels = '{run.data.params['channels']}' and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
@@ -245,8 +245,8 @@ def find_classifier(client: MlflowClient, run) -> str:
 def _matching_classifier(client: MlflowClient, classifier_run: str, run, manifest: dict) -> Classifier:
     """The classifier, refused unless it was trained on the same dataset at the same size, channels and classes."""
     classifier = load_classifier(classifier_run)
-    spec, dataset = classifier.spec, run.data.tags.get("data.dataset")
-    trained_on = client.get_run(classifier_run).data.tags.get("data.dataset")
+    spec, dataset = classifier.spec, run.data.tags.get(run_tags.DATA_DATASET)
+    trained_on = client.get_run(classifier_run).data.tags.get(run_tags.DATA_DATASET)
     if trained_on != dataset or (spec.image_size, spec.channels, spec.num_classes) != (
             manifest["size"], manifest["channels"], len(manifest["class_names"])):
         raise UserError(f"classifier run {classifier_run} was trained on {trained_on} at {spec.image_size} px, "
@@ -375,7 +375,7 @@ def compare(run_ids: list[str], out: str | Path | None = None) -> tuple[str, Pat
             raise UserError(f"run {run.info.run_id} has no evaluation: run `wganctl evaluate {run.info.run_id}` first")
     keys = sorted({key for run in runs for key in run.data.metrics if key.startswith("eval/")})
     header = ["run", "name", "step"] + [key.removeprefix("eval/") for key in keys]
-    lines = [[run.info.run_id[:12], run.info.run_name or "", run.data.tags.get("wganctl.completed_steps", "")]
+    lines = [[run.info.run_id[:12], run.info.run_name or "", run.data.tags.get(run_tags.COMPLETED_STEPS, "")]
              + [f"{run.data.metrics[key]:.4g}" if key in run.data.metrics else "-" for key in keys] for run in runs]
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     table = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *lines])

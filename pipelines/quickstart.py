@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import typer
 
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from pipelines import tracking
 from pipelines.prepare import prepare
 from pipelines.train import train
 
 DATA_DIR = "data/fashion-mnist-28px-train"
-MAIN_JOB = TrainConfig(loss="wgan-gp", arch="dcgan", width=32, steps=1500, batch=64, n_critic=2, lr=4e-4,
-                       log_every=25, sample_every=250, checkpoint_every=250)
+MAIN_JOB = TrainConfig(loss="wgan-gp", arch="dcgan", width=32, steps=1500, batch=64, n_critic=2, lr=4e-4)
+MAIN_JOB_RUN = RunSettings(log_every=25, sample_every=250, checkpoint_every=250)
 
 
 def quickstart(steps: int | None = None, progress: bool = True):
     prepared = prepare("fashion-mnist", size=28, splits=["train"], out=DATA_DIR, progress=progress)
     typer.echo(f"data: {prepared.manifest['count']} images in {prepared.out}")
-    result = train(MAIN_JOB, prepared.out, experiment="wganctl-quickstart", progress=progress, steps=steps)
+    result = train(MAIN_JOB, prepared.out, run=MAIN_JOB_RUN, experiment="wganctl-quickstart", progress=progress,
+                   steps=steps)
     grid_path = result.final_grid.removeprefix("file://")
     typer.echo("")
     typer.echo(f"MLflow run:   {result.run_id}  ({result.tracking_uri})")

@@ -1,6 +1,6 @@
 """Search spaces for `wganctl tune`: the papers' knobs by default, any train option from YAML.
 
-YAML form, one entry per `TrainConfig` field:
+YAML form, one entry per `TrainConfig` knob (the keys of `wganctl train --config`):
 
     lr: {loguniform: [1.0e-5, 1.0e-3]}
     n_critic: {choice: [1, 2, 5, 10]}
@@ -16,7 +16,6 @@ did nothing.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from ray import tune
 
 from wgan.config import TrainConfig
 from wgan.errors import UserError
+from wgan.knobs import knobs
 
 DISTRIBUTIONS = {
     "loguniform": lambda a: tune.loguniform(*a),
@@ -43,8 +43,13 @@ DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"loguniform": [1e-5, 1e-3]},
 }
 LOSS_ONLY = {"lambda_gp": "wgan-gp", "clip": "wgan"}
-# Fixed by the data or by the sweep's own resources, never swept.
-NOT_SWEPT = {"image_size", "channels", "workers", "gpu", "steps", "checkpoint_every"}
+
+
+def swept_keys() -> set[str]:
+    """The keys a space may name: the train knobs of the CLI and of ``--config`` files (the
+    hyperparameters; the run settings are the sweep's own), except the steps, which the sweep
+    sets for every trial."""
+    return {k.name for k in knobs(TrainConfig) if k.cli and k.name != "steps"}
 
 
 def load_space(path: str | Path | None) -> dict[str, Any]:
@@ -64,7 +69,7 @@ def load_space(path: str | Path | None) -> dict[str, Any]:
 
 def to_param_space(space: dict[str, Any]) -> dict[str, Any]:
     """Validate ``space`` (errors name the key's path) and turn it into Ray Tune domains."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - NOT_SWEPT
+    fields = swept_keys()
     out: dict[str, Any] = {}
     for key, value in space.items():
         if key not in fields:

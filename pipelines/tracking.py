@@ -16,11 +16,13 @@ from mlflow.tracking import MlflowClient
 
 import wgan
 from wgan import checkpoint as ckpt
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
+from pipelines import run_tags
 
 MODEL_NAME = "generator"
-DIVERGED_TAG = "wganctl.diverged"
+CONFIG_FILE = "config.json"  # the run's TrainConfig, whole
+RUN_SETTINGS_FILE = "run_settings.json"  # the RunSettings it last ran with
 METRICS = ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_penalty",
            "throughput/images_per_s")
 
@@ -54,29 +56,45 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return exp.experiment_id if exp else client.create_experiment(name)
 
 
-def start_train_run(client: MlflowClient, experiment: str, cfg: TrainConfig, *, data_dir: str,
-                    manifest: dict, manifest_sha256: str, storage_path: str,
+def start_train_run(client: MlflowClient, experiment: str, cfg: TrainConfig, settings: RunSettings, *,
+                    data_dir: str, manifest: dict, manifest_sha256: str,
                     parent_run_id: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create the run, with the hyperparameters and run settings as params (the Runs table's
+    columns, as before the split) and each whole as JSON (config.json, run_settings.json)."""
     extra = dict(tags or {})
     if parent_run_id:
-        extra["mlflow.parentRunId"] = parent_run_id
+        extra[run_tags.PARENT_RUN] = parent_run_id
     run = client.create_run(experiment_id(client, experiment), tags={
         **extra,
-        "wganctl.stage": "train",
-        "data.manifest_sha256": manifest_sha256,
-        "data.dataset": str(manifest.get("dataset")),
-        "data.dir": data_dir,
-        "code.version": code_version(),
-        "ray.storage_path": storage_path,
-        "mlflow.runName": f"{cfg.loss}-{manifest.get('dataset')}-{cfg.image_size}px",
+        run_tags.STAGE: "train",
+        run_tags.DATA_MANIFEST_SHA256: manifest_sha256,
+        run_tags.DATA_DATASET: str(manifest.get("dataset")),
+        run_tags.DATA_DIR: data_dir,
+        run_tags.CODE_VERSION: code_version(),
+        run_tags.STORAGE_PATH: settings.storage_path,
+        run_tags.RUN_NAME: f"{cfg.loss}-{manifest.get('dataset')}-{cfg.image_size}px",
     })
     run_id = run.info.run_id
-    client.set_tag(run_id, "ray.run_name", ray_run_name(run_id))
-    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in cfg.to_dict().items()}
+    client.set_tag(run_id, run_tags.RAY_RUN_NAME, ray_run_name(run_id))
+    values = {**cfg.to_dict(), **settings.to_dict()}
+    params = {k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in values.items()}
     params["data_dir"] = data_dir
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
-    client.log_text(run_id, cfg.to_json(), "config.json")
+    client.log_text(run_id, cfg.to_json(), CONFIG_FILE)
+    log_run_settings(client, run_id, settings)
     return run_id
+
+
+def log_run_settings(client: MlflowClient, run_id: str, settings: RunSettings) -> None:
+    client.log_text(run_id, json.dumps(settings.to_dict(), indent=2, sort_keys=True), RUN_SETTINGS_FILE)
+
+
+def record_resume(client: MlflowClient, run_id: str, at_step: int, changes: dict) -> None:
+    """Append this resume's changed run settings to the run's ``wganctl.resumed_with`` tag
+    (its params keep the values it started with: MLflow params cannot change)."""
+    earlier = client.get_run(run_id).data.tags.get(run_tags.RESUMED_WITH)
+    entry = f"step {at_step}: " + ", ".join(f"{k}={v}" for k, v in changes.items())
+    client.set_tag(run_id, run_tags.RESUMED_WITH, f"{earlier}; {entry}" if earlier else entry)
 
 
 def ray_run_name(run_id: str) -> str:

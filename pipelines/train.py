@@ -11,16 +11,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import UserError
-from pipelines import checkpoints, tracking
+from wgan.knobs import knobs
+from pipelines import checkpoints, run_tags, tracking
 from pipelines.ray_cluster import init_ray, through_ray_client, worker_resources
 
 DEFAULT_STORAGE = "ray_results"
@@ -45,6 +46,34 @@ class TrainResult:
     tracking_uri: str
 
 
+@dataclass
+class TrialPlumbing:
+    """What the tune stage hands a trial's train run, and no other caller does.
+
+    ``parent_run_id`` (the sweep's MLflow run) and ``tags`` (its trial id) place the run;
+    ``callbacks`` (Ray Train callbacks: the trial's report forwarder) and ``objective``
+    (sample-quality settings computed at every checkpoint, see `pipelines.objective`) feed
+    Tune; ``cpus_per_worker`` is the trial's share of the CPUs; ``init_checkpoint`` (PBT)
+    starts a new run from another run's checkpoint: weights, optimizer states with this
+    config's learning rate, step.
+    """
+
+    parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    callbacks: list = field(default_factory=list)
+    objective: dict | None = None
+    cpus_per_worker: float | None = None
+    init_checkpoint: str | None = None
+
+
+@dataclass
+class _Resumed:
+    cfg: TrainConfig
+    data_dir: str
+    settings: RunSettings
+    done: int
+
+
 def _config_for_data(cfg: TrainConfig, manifest: dict) -> TrainConfig:
     size, channels = manifest["size"], manifest["channels"]
     for name, given, found in (("image size", cfg.image_size, size), ("channel count", cfg.channels, channels)):
@@ -58,59 +87,96 @@ def _config_for_data(cfg: TrainConfig, manifest: dict) -> TrainConfig:
     return dataclasses.replace(cfg, image_size=size, channels=channels, num_classes=classes if cfg.conditional else 0)
 
 
-def _resumed_config(client: MlflowClient, run_id: str, steps: int | None) -> tuple[TrainConfig, str, str]:
+def logged_run_settings(run_id: str) -> RunSettings:
+    """The run settings a training run last ran with (run_settings.json; for runs logged
+    before it existed, the settings its config.json held)."""
+    client = MlflowClient(tracking.tracking_uri())
+    return _resumed_run(client, run_id).settings
+
+
+def _resumed_run(client: MlflowClient, run_id: str) -> _Resumed:
     run = tracking.get_run(client, run_id)
-    if run.data.tags.get("wganctl.stage") != "train":
+    if run.data.tags.get(run_tags.STAGE) != "train":
         raise UserError(f"MLflow run {run_id} is not a wganctl training run: give the id of one")
-    cfg = TrainConfig.from_dict(json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.json")))
-    done = int(run.data.tags.get("wganctl.completed_steps", "0"))
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps)
-    if done and cfg.steps <= done:
-        raise UserError(f"run {run_id} already finished {done} steps: pass --steps larger than {done} to continue it")
-    return cfg, run.data.params["data_dir"], run.data.tags["ray.storage_path"]
+    logged = json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{tracking.CONFIG_FILE}"))
+    try:
+        settings = RunSettings.from_dict(json.loads(mlflow.artifacts.load_text(
+            f"{run.info.artifact_uri}/{tracking.RUN_SETTINGS_FILE}")))
+    except mlflow.exceptions.MlflowException:  # a run logged before run_settings.json
+        settings = RunSettings.from_legacy(logged, storage_path=run.data.tags[run_tags.STORAGE_PATH])
+    return _Resumed(TrainConfig.from_dict(logged), run.data.params["data_dir"], settings,
+                    done=int(run.data.tags.get(run_tags.COMPLETED_STEPS, "0")))
+
+
+def _refuse_model_changes(run_id: str, logged: TrainConfig, given: TrainConfig) -> None:
+    """A resumed run keeps what defines it (its params cannot change): name what would. A field
+    left None (the paper's value for the loss) is not a change."""
+    changed = [k.option for k in knobs(TrainConfig) if k.cli and not k.on_resume
+               and getattr(given, k.name) is not None and getattr(given, k.name) != getattr(logged, k.name)]
+    if changed:
+        raise UserError(f"{', '.join(changed)} would change the model or objective of run {run_id}, which --resume "
+                        f"continues as it was: drop {'it' if len(changed) == 1 else 'them'}, or start a new run")
+
+
+def _changes(before: RunSettings, after: RunSettings) -> dict:
+    return {k: v for k, v in after.to_dict().items() if before.to_dict()[k] != v}
 
 
 @through_ray_client
-def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experiment: str = "wganctl",
-          resume: str | None = None, storage_path: str | None = None, address: str | None = None,
-          max_failures: int = 2, progress: bool = True, steps: int | None = None,
-          verbose: bool = False, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-          callbacks: list | None = None, objective: dict | None = None,
-          cpus_per_worker: float | None = None, init_checkpoint: str | None = None) -> TrainResult:
+def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: RunSettings | None = None,
+          experiment: str = "wganctl", resume: str | None = None, steps: int | None = None,
+          address: str | None = None, progress: bool = True, verbose: bool = False,
+          trial: TrialPlumbing | None = None) -> TrainResult:
     """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed.
 
-    The tune stage passes ``parent_run_id`` (the sweep's MLflow run), ``tags`` (its trial id),
-    ``callbacks`` (Tune's report callback), ``objective`` (sample-quality settings computed at
-    every checkpoint, see `pipelines.objective`), ``cpus_per_worker`` (trials share the CPUs) and,
-    for PBT, ``init_checkpoint``: a new run starts from another run's checkpoint (weights,
-    optimizer states with this config's learning rate, step).
+    ``cfg`` defines the run, ``run`` says how it runs (`wgan.config`). Resuming, ``cfg`` may
+    only lengthen the run (``steps`` does the same), and ``run`` replaces the settings the
+    run last ran with (`logged_run_settings`; None keeps them): a run goes on with other
+    workers, devices, precision or intervals, recorded in its ``wganctl.resumed_with`` tag.
+    ``address``, ``progress`` and ``verbose`` concern this call only. ``trial``: the tune
+    stage's plumbing (`TrialPlumbing`).
     """
+    trial = trial or TrialPlumbing()
+    resumed = None
     if resume:
-        client = MlflowClient(tracking.tracking_uri())
-        cfg, logged_data_dir, storage_path = _resumed_config(client, resume, steps)
-        data_dir = data_dir or logged_data_dir
-    elif cfg is None:
-        cfg = TrainConfig()
-    if steps is not None and not resume:
+        resumed = _resumed_run(MlflowClient(tracking.tracking_uri()), resume)
+        if cfg is not None:
+            _refuse_model_changes(resume, resumed.cfg, cfg)
+            steps = steps or cfg.steps
+        cfg, data_dir, run = resumed.cfg, data_dir or resumed.data_dir, run or resumed.settings
+        if resumed.done and (steps or cfg.steps) <= resumed.done:
+            raise UserError(f"run {resume} already finished {resumed.done} steps: pass --steps larger than "
+                            f"{resumed.done} to continue it")
+    cfg = cfg or TrainConfig()
+    if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)
+    run = dataclasses.replace(run or RunSettings()).validate()
     if not data_dir:
         raise UserError("no training data: pass --data DIR (a directory written by `wganctl prepare`)")
     manifest = load_manifest(data_dir, verify=True)
     cfg = _config_for_data(cfg, manifest).resolved()
-    storage_path = datafs.absolute(storage_path or DEFAULT_STORAGE)
+    run.check_fits(cfg)
+    run.storage_path = datafs.absolute(run.storage_path or DEFAULT_STORAGE)
+    if resumed and run.storage_path != resumed.settings.storage_path \
+            and not checkpoints.run_checkpoints(run.storage_path, resume):
+        raise UserError(f"{run.storage_path} holds no checkpoint of run {resume} (they are in "
+                        f"{resumed.settings.storage_path}): copy them there first, or drop --storage-path")
     client = MlflowClient(tracking.tracking_uri())  # only now: bad input must not create a store
 
-    if resume:
+    if resumed:
         run_id = resume
+        changes = _changes(resumed.settings, run)
+        if changes:
+            tracking.record_resume(client, run_id, resumed.done, changes)
+        tracking.log_run_settings(client, run_id, run)
         client.update_run(run_id, status="RUNNING")
     else:
-        run_id = tracking.start_train_run(client, experiment, cfg, data_dir=data_dir, manifest=manifest,
-                                          manifest_sha256=manifest_sha256(data_dir), storage_path=storage_path,
-                                          parent_run_id=parent_run_id, tags=tags)
+        run_id = tracking.start_train_run(client, experiment, cfg, run, data_dir=data_dir, manifest=manifest,
+                                          manifest_sha256=manifest_sha256(data_dir),
+                                          parent_run_id=trial.parent_run_id, tags=trial.tags)
     try:
-        result = _fit(cfg, run_id, data_dir, manifest, storage_path, address, max_failures, progress, verbose,
-                      callbacks or [], objective, cpus_per_worker, init_checkpoint)
+        result = _fit(cfg, run, run_id, data_dir, manifest, trial,
+                      address=address, progress=progress, verbose=verbose)
     except KeyboardInterrupt:
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -118,27 +184,27 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, experi
         failures = getattr(err, "worker_failures", None)  # Ray Train's WorkerGroupError: the worker's own error
         cause = failures[min(failures)] if failures else err
         reason = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
-        client.set_tag(run_id, "wganctl.failure_reason", reason)
+        client.set_tag(run_id, run_tags.FAILURE_REASON, reason)
         client.set_terminated(run_id, status="FAILED")
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
 
-    diverged = client.get_run(run_id).data.tags.get(tracking.DIVERGED_TAG)
+    diverged = client.get_run(run_id).data.tags.get(run_tags.DIVERGED)
     if diverged or result.checkpoint is None:
         reason = f"diverged: {diverged}" if diverged else "no checkpoint was written"
-        client.set_tag(run_id, "wganctl.failure_reason", reason)
+        client.set_tag(run_id, run_tags.FAILURE_REASON, reason)
         client.set_terminated(run_id, status="FAILED")
         raise TrainingFailed(f"training run {run_id} failed ({reason}); the last good checkpoint, if any, "
-                             f"is kept in {storage_path}/{tracking.ray_run_name(run_id)}")
+                             f"is kept in {run.storage_path}/{tracking.ray_run_name(run_id)}")
     saved_at = checkpoints.location(result.checkpoint)
     payload = checkpoints.load(saved_at)
     model_uri = tracking.log_generator_model(run_id, payload)
     tracking.log_loss_curves(client, run_id)
-    client.set_tag(run_id, "wganctl.completed_steps", str(payload["step"]))
+    client.set_tag(run_id, run_tags.COMPLETED_STEPS, str(payload["step"]))
     client.set_terminated(run_id, status="FINISHED")
-    run = client.get_run(run_id)
+    artifacts = client.get_run(run_id).info.artifact_uri
     return TrainResult(run_id=run_id, model_uri=model_uri, steps=payload["step"],
                        checkpoint_dir=saved_at,
-                       final_grid=f"{run.info.artifact_uri}/samples/step_{payload['step']:06d}.png",
+                       final_grid=f"{artifacts}/samples/step_{payload['step']:06d}.png",
                        tracking_uri=tracking.tracking_uri())
 
 
@@ -159,9 +225,8 @@ def training_dataset(data_dir: str, manifest: dict):
     return dataset
 
 
-def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_path: str,
-         address: str | None, max_failures: int, progress: bool, verbose: bool, callbacks: list,
-         objective: dict | None, cpus_per_worker: float | None, init_checkpoint: str | None = None):
+def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifest: dict, trial: TrialPlumbing,
+         *, address: str | None, progress: bool, verbose: bool):
     import ray.data
     import ray.train
     from ray.data.dataset import MaterializedDataset
@@ -171,7 +236,7 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
     from pipelines.train_worker import train_loop_per_worker
 
     local = init_ray(address, verbose)
-    resources, torch_threads = worker_resources(cfg.workers, cfg.gpu, local, cpus_per_worker)
+    resources, torch_threads = worker_resources(run.workers, run.gpu, local, trial.cpus_per_worker)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
     dataset = training_dataset(data_dir, manifest)
     reporter = ProgressReporter(cfg.steps, enabled=progress)
@@ -179,25 +244,26 @@ def _fit(cfg: TrainConfig, run_id: str, data_dir: str, manifest: dict, storage_p
         train_loop_per_worker,
         train_loop_config={
             "train_config": cfg.to_dict(),
+            "run_settings": run.to_dict(),
             "mlflow_run_id": run_id,
             "tracking_uri": tracking.tracking_uri(),
             "torch_threads": torch_threads,
             "progress_queue": reporter.queue,
-            "objective": objective,
-            "init_checkpoint": init_checkpoint,
+            "objective": trial.objective,
+            "init_checkpoint": trial.init_checkpoint,
             "in_memory": isinstance(dataset, MaterializedDataset),  # small: each worker holds its shard
             # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
             # variables set after Ray started.
             "fail_at_step": int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None,
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=tracking.ray_run_name(run_id),
-            storage_path=storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            storage_path=run.storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
-            callbacks=callbacks,
+            callbacks=trial.callbacks,
         ),
         datasets={"train": dataset},
     )

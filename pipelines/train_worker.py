@@ -23,6 +23,7 @@ import logging
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
@@ -33,14 +34,14 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from wgan import checkpoint as ckpt, precision
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.data.images import unpack_images
 from wgan.data.in_memory import shuffled_batches
 from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
 from wgan.networks import build_critic, build_generator
 from wgan.step import TrainStep, build_optimizers, unwrap
-from pipelines import checkpoints, objective, tracking
+from pipelines import checkpoints, objective, run_tags, tracking
 from pipelines.objective import SampleQuality
 from pipelines.resilient_logging import BufferedMlflowClient
 
@@ -73,7 +74,7 @@ def real_batches(cfg: TrainConfig, device: torch.device,
     loop runs no Ray Data iterator, decode or host-to-device copy. Else it streams.
     """
     shard = ray.train.get_dataset_shard("train")
-    batch = cfg.per_worker_batch
+    batch = cfg.batch // ray.train.get_context().get_world_size()  # this worker's part of the global batch
     if in_memory:
         table = pa.concat_tables(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
         pixels = torch.from_numpy(unpack_images(table.column("image"), cfg.image_size, cfg.channels).copy())
@@ -103,6 +104,17 @@ def grid_latents(fixed_z: torch.Tensor, num_classes: int) -> tuple[torch.Tensor,
     return fixed_z[:8].repeat(num_classes, 1), torch.arange(num_classes).repeat_interleave(8), 8
 
 
+def weight_spread(*modules: torch.nn.Module) -> float:
+    """Across the workers, max minus min of a digest of ``modules``' weights: 0.0 while DDP keeps
+    every replica in lockstep (logged as ``ddp/weight_spread`` at each checkpoint of a run with
+    several workers). One all_reduce pair of a scalar: nothing next to a checkpoint."""
+    digest = sum(p.detach().double().sum() * (i + 1) for m in modules for i, p in enumerate(m.parameters()))
+    high, low = digest.clone().reshape(1), (-digest).reshape(1)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    return float(high.item() + low.item())
+
+
 def _all_finite(history: list[tuple[int, dict[str, float]]], device: torch.device) -> bool:
     ok = all(math.isfinite(v) for _, values in history for v in values.values())
     if dist.is_available() and dist.is_initialized():
@@ -113,7 +125,7 @@ def _all_finite(history: list[tuple[int, dict[str, float]]], device: torch.devic
 
 
 @contextlib.contextmanager
-def flushed_on_error(client: BufferedMlflowClient | None, timeout: float = ERROR_FLUSH_TIMEOUT_S):
+def flushed_on_error(client: BufferedMlflowClient | None, timeout: float = ERROR_FLUSH_TIMEOUT_S) -> Iterator[None]:
     """If the block raises: send ``client``'s queue (at most ``timeout`` s), tag the outcome, re-raise.
 
     Without it the queue dies with the worker: Ray Train kills a failed worker group within
@@ -139,84 +151,201 @@ def train_loop_per_worker(config: dict) -> None:
         _train(config, client)
 
 
+@dataclass
+class _State:
+    """What a checkpoint holds, and what the loop trains."""
+
+    generator: torch.nn.Module
+    critic: torch.nn.Module
+    g_opt: torch.optim.Optimizer
+    d_opt: torch.optim.Optimizer
+    fixed_z: torch.Tensor
+    start: int = 0
+    payload: dict | None = None  # the restored checkpoint's, if any
+
+
+def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
+    """Build the networks (identical on every rank) and load the checkpoint to go on from: this
+    run's latest (a restarted worker group, --resume) or, for a PBT exploit, another trial's."""
+    torch.manual_seed(cfg.seed)
+    generator, critic = build_generator(cfg).to(device), build_critic(cfg).to(device)
+    state = _State(generator, critic, *build_optimizers(cfg, generator, critic),
+                   fixed_z=torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)))
+    restored = ray.train.get_checkpoint()
+    if restored is None and config.get("init_checkpoint"):
+        restored = ray.train.Checkpoint(config["init_checkpoint"])
+    if restored is None:
+        return state
+    with restored.as_directory() as directory:
+        payload = ckpt.load(directory)
+    for module, key in ((generator, "generator"), (critic, "critic"), (state.g_opt, "g_optimizer"),
+                        (state.d_opt, "d_optimizer")):
+        module.load_state_dict(payload[key])
+    for optimizer in (state.g_opt, state.d_opt):  # this run's learning rate (PBT perturbs it), not the saved one
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+    state.fixed_z, state.start, state.payload = payload["fixed_z"], payload["step"], payload
+    return state
+
+
+class _RankZero:
+    """Rank 0's duties: MLflow logging, progress, grids, the objective, the generator's moving
+    average, and checkpoints. Other ranks get `_OtherRank`, whose methods do what every rank
+    must (report at the same steps, as Ray Train requires) and nothing else."""
+
+    def __init__(self, client: BufferedMlflowClient, config: dict, cfg: TrainConfig, settings: RunSettings,
+                 state: _State, device: torch.device):
+        self.client, self.run_id, self.cfg, self.settings = client, config["mlflow_run_id"], cfg, settings
+        self.state, self.device, self.progress = state, device, config.get("progress_queue")
+        # --g-ema: rank 0 keeps the moving average of the generator; it samples and is logged.
+        self.ema = None
+        if cfg.g_ema:
+            self.ema = AveragedModel(state.generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.g_ema), use_buffers=True)
+            if state.payload and state.payload.get("generator_ema"):
+                self.ema.load_state_dict(state.payload["generator_ema"])
+        self.quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
+                        if config.get("objective") else None)
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """What grids and the objective draw from: the moving average when kept, else the generator
+        as trained now (the module inside DDP)."""
+        return self.ema.module if self.ema is not None else unwrap(self.state.generator)
+
+    def started(self, precision_used: str, world: int) -> None:
+        self.client.set_tag(self.run_id, run_tags.PRECISION, precision_used)  # what "auto" became here
+        # The shape it ran on from this step: a resumed run may go on with other workers.
+        self.client.log_metric(self.run_id, "train/workers", world, step=self.state.start)
+        if self.state.payload:  # visible in the run: where a restart (worker failure or --resume) picked up
+            self.client.log_metric(self.run_id, "train/resumed_from_step", self.state.start, step=self.state.start)
+
+    def stepped(self) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.state.generator))
+
+    def diverged(self, history: list[tuple[int, dict[str, float]]], step: int) -> None:
+        """Tell the driver through the MLflow run, which outlives this worker group."""
+        bad = next(((st, k) for st, vals in history for k, v in vals.items() if not math.isfinite(v)),
+                   (step, "a value on another worker"))
+        self.client.set_tag(self.run_id, run_tags.DIVERGED, f"{bad[1]} became non-finite at step {bad[0]}")
+        self.client.close()
+
+    def log(self, history: list[tuple[int, dict[str, float]]], step: int, rate: float) -> None:
+        history[-1][1]["throughput/images_per_s"] = rate
+        self.client.log_batch(self.run_id, metrics=tracking.metrics_batch(history, int(time.time() * 1000)),
+                              synchronous=False)
+        if self.progress is not None:
+            try:
+                self.progress.put_nowait({"step": step, **history[-1][1]})
+            except Exception:  # noqa: BLE001 - a full queue only drops a progress update
+                pass
+
+    def sample(self, step: int) -> None:
+        self.sampler.eval()
+        with torch.no_grad():
+            z, labels, per_row = grid_latents(self.state.fixed_z, self.cfg.num_classes)
+            pictures = to_uint8(self.sampler(z.to(self.device), None if labels is None else labels.to(self.device)))
+        self.sampler.train()
+        tracking.log_grid(self.client, self.run_id, grid(pictures, nrow=per_row), step)
+
+    def checkpoint(self, step: int, metrics: dict[str, float]) -> None:
+        if "ddp/weight_spread" in metrics:
+            self.client.log_metric(self.run_id, "ddp/weight_spread", metrics["ddp/weight_spread"], step=step,
+                                   synchronous=False)
+        if self.quality is not None:
+            metrics[objective.METRIC] = self.quality(self.sampler)
+            self.client.log_metric(self.run_id, objective.METRIC, metrics[objective.METRIC], step=step,
+                                   synchronous=False)
+        # A restart resumes from this checkpoint and does not replay the steps before it: their
+        # metrics and grids must be in MLflow before it is reported.
+        self.client.sync(CHECKPOINT_SYNC_TIMEOUT_S)
+        s = self.state
+        with tempfile.TemporaryDirectory() as directory:
+            ckpt.save(directory, step=step, cfg=self.cfg, generator=unwrap(s.generator), critic=unwrap(s.critic),
+                      g_optimizer=s.g_opt, d_optimizer=s.d_opt, fixed_z=s.fixed_z, mlflow_run_id=self.run_id,
+                      generator_ema=self.ema)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=checkpoints.dir_name(step))
+
+    def finished(self) -> None:
+        self.client.close()
+
+
+class _OtherRank:
+    """A rank other than 0: reports with rank 0, logs nothing, keeps no checkpoint."""
+
+    def started(self, precision_used: str, world: int) -> None:
+        pass
+
+    def stepped(self) -> None:
+        pass
+
+    def diverged(self, history: list, step: int) -> None:
+        pass
+
+    def log(self, history: list, step: int, rate: float) -> None:
+        pass
+
+    def sample(self, step: int) -> None:
+        pass
+
+    def checkpoint(self, step: int, metrics: dict[str, float]) -> None:
+        ray.train.report(metrics)
+
+    def finished(self) -> None:
+        pass
+
+
 def _train(config: dict, client: BufferedMlflowClient | None) -> None:
+    """The loop, in the phases of docs/architecture.md section 3: restore, build, then per step
+    train; at intervals log (rank 0), sample, checkpoint and report."""
     cfg = TrainConfig.from_dict(config["train_config"])
-    run_id: str = config["mlflow_run_id"]
+    settings = RunSettings.from_dict(config["run_settings"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if config.get("torch_threads"):
         torch.set_num_threads(config["torch_threads"])
     device = ray.train.torch.get_device()
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    generator, critic = build_generator(cfg).to(device), build_critic(cfg).to(device)
-    g_opt, d_opt = build_optimizers(cfg, generator, critic)
-    fixed_z = torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    start = 0
-    # This run's own latest checkpoint (a restarted worker group, --resume); else, for a
-    # PBT exploit, the checkpoint of the trial it continues from.
-    restored = ray.train.get_checkpoint()
-    if restored is None and config.get("init_checkpoint"):
-        restored = ray.train.Checkpoint(config["init_checkpoint"])
-    if restored:
-        with restored.as_directory() as directory:
-            payload = ckpt.load(directory)
-        generator.load_state_dict(payload["generator"])
-        critic.load_state_dict(payload["critic"])
-        g_opt.load_state_dict(payload["g_optimizer"])
-        d_opt.load_state_dict(payload["d_optimizer"])
-        fixed_z, start = payload["fixed_z"], payload["step"]
-        for optimizer in (g_opt, d_opt):  # this run's learning rate (PBT perturbs it), not the saved one
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr
-    # Rank 0 keeps the moving average of the generator (--g-ema): it samples, it is logged.
-    ema = None
-    if cfg.g_ema and rank == 0:
-        ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.g_ema), use_buffers=True)
-        if restored and payload.get("generator_ema"):
-            ema.load_state_dict(payload["generator_ema"])
+    # --- Restore: networks, optimizers, step, fixed grid latents --------------------------------
+    state = _restore(cfg, config, device)
+    duties = _RankZero(client, config, cfg, settings, state, device) if rank == 0 else _OtherRank()
     # Different latents on each rank, reproducible per (seed, rank, step).
-    torch.manual_seed(hash((cfg.seed, rank, start)) % 2**63)
-    if restored and world == 1:
-        ckpt.set_rng_state(payload["rng"])
+    torch.manual_seed(hash((cfg.seed, rank, state.start)) % 2**63)
+    if state.payload and world == 1:
+        ckpt.set_rng_state(state.payload["rng"])
 
-    if cfg.gpu and world > 1:
+    # --- Build: DDP wrappers and the step -------------------------------------------------------
+    if settings.gpu and world > 1:
         # Batch statistics over the global batch, so N workers train like one with the whole batch.
-        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
-        critic = torch.nn.SyncBatchNorm.convert_sync_batchnorm(critic)
-    generator = ray.train.torch.prepare_model(generator)
-    critic = ray.train.torch.prepare_model(critic)
-    step_fn = TrainStep(cfg, generator, critic, g_opt, d_opt)
-    sampler = ema.module if ema is not None else unwrap(generator)
-    quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
-               if config.get("objective") and rank == 0 else None)
-    if client is not None:
-        client.set_tag(run_id, "wganctl.precision", step_fn.precision)  # what "auto" became here
-    if restored and client is not None:
-        # Visible in the run: where a restart (worker failure or --resume) picked up.
-        client.log_metric(run_id, "train/resumed_from_step", start, step=start)
-    progress = config.get("progress_queue")
-
+        state.generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(state.generator)
+        state.critic = torch.nn.SyncBatchNorm.convert_sync_batchnorm(state.critic)
+    state.generator = ray.train.torch.prepare_model(state.generator)
+    state.critic = ray.train.torch.prepare_model(state.critic)
+    step_fn = TrainStep(cfg, state.generator, state.critic, state.g_opt, state.d_opt,
+                        precision_mode=settings.precision)
+    duties.started(step_fn.precision, world)
     data = real_batches(cfg, device, in_memory=config.get("in_memory", False))
     pending: list[tuple[int, dict[str, torch.Tensor]]] = []
     images_per_step = cfg.n_critic * cfg.batch
-    tick, tick_step = time.perf_counter(), start
+    tick, tick_step = time.perf_counter(), state.start
     fail_at_step = config.get("fail_at_step")  # the test hook, see the module docstring
 
-    for step in range(start + 1, cfg.steps + 1):
+    for step in range(state.start + 1, cfg.steps + 1):
+        # --- Step: n_critic critic updates, one generator update ---------------------------------
         stats = step_fn(next(data) for _ in range(cfg.n_critic))
-        if ema is not None:
-            ema.update_parameters(unwrap(generator))
+        duties.stepped()
         if step == fail_at_step:
             raise RuntimeError(f"injected fault at step {step} (WGANCTL_TEST_FAIL_AT_STEP)")
         pending.append((step, stats))
         last = step == cfg.steps
-        checkpoint_now = last or step % cfg.checkpoint_every == 0
-        if not (checkpoint_now or step % cfg.log_every == 0):
+        checkpoint_now = last or step % settings.checkpoint_every == 0
+        if not (checkpoint_now or step % settings.log_every == 0):
             continue
 
+        # --- Log (rank 0): the interval's statistics in one host sync -----------------------------
         keys = list(stats)
-        values = torch.stack([torch.stack([s[k] for k in keys]) for _, s in pending]).tolist()  # one sync
+        values = torch.stack([torch.stack([s[k] for k in keys]) for _, s in pending]).tolist()
         now = time.perf_counter()
         rate = images_per_step * (step - tick_step) / max(now - tick, 1e-9)
         tick, tick_step = now, step
@@ -224,49 +353,19 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
         pending = []
         if step_fn.precision == "fp16":
             history = precision.without_skipped_steps(history)
-        if not _all_finite(history, device):
-            # Every rank stops here (they agreed through all_reduce); rank 0 tells the driver
-            # through the MLflow run, which outlives this worker group.
-            if rank == 0:
-                bad = next(((st, k) for st, vals in history for k, v in vals.items() if not math.isfinite(v)),
-                           (step, "a value on another worker"))
-                client.set_tag(run_id, tracking.DIVERGED_TAG, f"{bad[1]} became non-finite at step {bad[0]}")
-                client.close()
+        if not _all_finite(history, device):  # every rank stops here: they agreed through all_reduce
+            duties.diverged(history, step)
             return
-        if rank == 0:
-            history[-1][1]["throughput/images_per_s"] = rate
-            client.log_batch(run_id, metrics=tracking.metrics_batch(history, int(time.time() * 1000)),
-                             synchronous=False)
-            if progress is not None:
-                try:
-                    progress.put_nowait({"step": step, **history[-1][1]})
-                except Exception:  # a full queue only drops a progress update
-                    pass
-            if last or step % cfg.sample_every == 0:
-                sampler.eval()
-                with torch.no_grad():
-                    z, labels, per_row = grid_latents(fixed_z, cfg.num_classes)
-                    pictures = to_uint8(sampler(z.to(device), None if labels is None else labels.to(device)))
-                sampler.train()
-                tracking.log_grid(client, run_id, grid(pictures, nrow=per_row), step)
+        duties.log(history, step, rate)
 
-        if not checkpoint_now:
-            continue
-        metrics = {"step": step, **history[-1][1]}
-        if quality is not None:
-            metrics[objective.METRIC] = quality(sampler)
-            client.log_metric(run_id, objective.METRIC, metrics[objective.METRIC], step=step, synchronous=False)
-        if rank == 0:
-            # A restart resumes from this checkpoint and does not replay the steps before it:
-            # their metrics and grids must be in MLflow before it is reported.
-            client.sync(CHECKPOINT_SYNC_TIMEOUT_S)
-            with tempfile.TemporaryDirectory() as directory:
-                ckpt.save(directory, step=step, cfg=cfg, generator=unwrap(generator), critic=unwrap(critic),
-                          g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=fixed_z, mlflow_run_id=run_id,
-                          generator_ema=ema)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=checkpoints.dir_name(step))
-        else:
-            ray.train.report(metrics)
-    if client is not None:
-        client.close()
+        # --- Sample: the progress grid --------------------------------------------------------------
+        if last or step % settings.sample_every == 0:
+            duties.sample(step)
+
+        # --- Checkpoint and report: every rank reports at the same steps ----------------------------
+        if checkpoint_now:
+            metrics = {"step": step, **history[-1][1]}
+            if world > 1:
+                metrics["ddp/weight_spread"] = weight_spread(unwrap(state.generator), unwrap(state.critic))
+            duties.checkpoint(step, metrics)
+    duties.finished()

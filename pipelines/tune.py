@@ -23,22 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import ray
 from ray.train import UserCallback
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest
 from wgan.errors import UserError
-from pipelines import checkpoints, objective, tracking
+from pipelines import checkpoints, objective, run_tags, tracking
 from pipelines.ray_cluster import through_ray_client
 from pipelines.search_space import load_space, to_param_space
-from pipelines.train import DEFAULT_STORAGE, TrainingFailed, train
+from pipelines.train import DEFAULT_STORAGE, TrainingFailed, TrialPlumbing, train
 
-TRIAL_TAG = "wganctl.trial_id"
 SCHEDULERS = ("asha", "pbt", "none")
 TRIAL_CPUS = 0.01  # a trial only waits on its train task; Ray refuses a 0-CPU trial
 PBT_KNOBS = ("lr", "n_critic", "lambda_gp", "clip")
@@ -55,7 +55,6 @@ class TuneResult:
 
 
 POINTER_FILE = "train_checkpoint.json"
-PBT_DONOR_TAG = "wganctl.pbt_donor_run"
 
 
 class ForwardReports(UserCallback):
@@ -101,8 +100,8 @@ def _donor_pointer() -> dict[str, Any] | None:
         return json.loads(Path(directory, POINTER_FILE).read_text())
 
 
-def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experiment: str, parent_run_id: str,
-                  storage_path: str, objective_spec: dict, cpus_per_worker: float, tracking_uri: str) -> None:
+def wganctl_trial(config: dict[str, Any], *, base: dict, settings: RunSettings, data_dir: str, experiment: str,
+                  parent_run_id: str, objective_spec: dict, cpus_per_worker: float, tracking_uri: str) -> None:
     import mlflow
     from ray import tune
     from ray.util.queue import Empty, Queue
@@ -113,7 +112,7 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
     trial_id = tune.get_context().get_trial_id()
     client = MlflowClient(tracking_uri)
     earlier = client.search_runs([tracking.experiment_id(client, experiment)],
-                                 filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                 filter_string=f"tags.`{run_tags.TRIAL_ID}` = '{trial_id}' and tags.`{run_tags.PARENT_RUN}` = '{parent_run_id}'",
                                  order_by=["attributes.start_time DESC"])
     donor = _donor_pointer()
     exploited = donor is not None and (not earlier or donor["run_id"] != earlier[0].info.run_id)
@@ -122,31 +121,32 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, data_dir: str, experime
         # killed first): report its result from MLflow instead of training it again.
         history = client.get_metric_history(earlier[0].info.run_id, objective.METRIC)
         tune.report({objective.METRIC: min((m.value for m in history), default=float("nan")),
-                     "step": int(earlier[0].data.tags.get("wganctl.completed_steps", 0))})
+                     "step": int(earlier[0].data.tags.get(run_tags.COMPLETED_STEPS, 0))})
         return
     chosen = {k: v for k, v in config.items() if v is not None}
     if exploited and earlier and earlier[0].info.status == "RUNNING":
         # PBT: the run this trial had so far ends here; the trial goes on from another's checkpoint.
-        client.set_tag(earlier[0].info.run_id, "wganctl.pbt_exploited", f"continued from {donor['run_id']}")
+        client.set_tag(earlier[0].info.run_id, run_tags.PBT_EXPLOITED, f"continued from {donor['run_id']}")
         client.set_terminated(earlier[0].info.run_id, status="KILLED")
     if exploited and donor["step"] >= TrainConfig.from_dict({**base, **chosen}).steps:
         # PBT cloned a trial at its last report: nothing is left to train.
         tune.report({"step": donor["step"], objective.METRIC: donor["objective"]})
         return
     queue = Queue(actor_options={"num_cpus": 0})
-    common = dict(experiment=experiment, storage_path=storage_path, max_failures=0, progress=False,
-                  callbacks=[ForwardReports(queue)], objective=objective_spec, cpus_per_worker=cpus_per_worker)
+    plumbing = TrialPlumbing(parent_run_id=parent_run_id, tags={run_tags.TRIAL_ID: trial_id},
+                             callbacks=[ForwardReports(queue)], objective=objective_spec,
+                             cpus_per_worker=cpus_per_worker)
+    kwargs = dict(experiment=experiment, run=settings, progress=False, trial=plumbing)
     if exploited:
         # PBT: this trial goes on from another trial's checkpoint with perturbed
         # hyperparameters, as a new child run (a run's parameters cannot change).
-        kwargs = dict(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir, parent_run_id=parent_run_id,
-                      tags={TRIAL_TAG: trial_id, PBT_DONOR_TAG: donor["run_id"]}, init_checkpoint=donor["path"],
-                      **common)
+        plumbing.tags[run_tags.PBT_DONOR] = donor["run_id"]
+        plumbing.init_checkpoint = donor["path"]
+        kwargs.update(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir)
     elif earlier:  # a resumed sweep: continue this trial's own run from its checkpoint
-        kwargs = dict(resume=earlier[0].info.run_id, **common)
+        kwargs.update(resume=earlier[0].info.run_id)
     else:
-        kwargs = dict(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir, parent_run_id=parent_run_id,
-                      tags={TRIAL_TAG: trial_id}, **common)
+        kwargs.update(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir)
     # Tune places a trial's children in the trial's own (tiny) placement group; the
     # TorchTrainer and its Ray Data actors must be scheduled on the cluster instead.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
@@ -260,12 +260,15 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
         raise UserError(f"--scheduler pbt needs a range or choice of {', '.join(PBT_KNOBS)} in the space to perturb "
                         f"(lambda and c only without a swept loss): add one to --space")
     manifest = load_manifest(data_dir, verify=True)
-    base = dataclasses.replace(base or TrainConfig(), steps=steps, checkpoint_every=max(1, steps // reports),
-                               workers=trial_workers, gpu=gpus_per_trial > 0,
-                               sample_every=max(1, steps // reports), log_every=max(1, min(25, steps // reports)))
-    # Every combination must be valid before anything starts.
-    TrainConfig.from_dict({**base.to_dict(), "image_size": manifest["size"], "channels": manifest["channels"]}).resolved()
+    base = dataclasses.replace(base or TrainConfig(), steps=steps)
     storage_path = datafs.absolute(storage_path or DEFAULT_STORAGE)
+    every = max(1, steps // reports)
+    settings = RunSettings(workers=trial_workers, gpu=gpus_per_trial > 0, checkpoint_every=every, sample_every=every,
+                           log_every=max(1, min(RunSettings.log_every, every)), storage_path=storage_path,
+                           max_failures=0).validate()
+    # Every combination must be valid before anything starts.
+    settings.check_fits(TrainConfig.from_dict({**base.to_dict(), "image_size": manifest["size"],
+                                               "channels": manifest["channels"]}).resolved())
 
     from ray import tune
 
@@ -279,7 +282,7 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
     local = init_ray(address)
     mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
     objective_spec = objective.objective_spec(classifier, mu, sigma, objective_samples)
-    parent_run_id, tune_path = _parent_run(client, experiment, resume, data_dir, base, trials, scheduler, storage_path)
+    parent_run_id, tune_path = _parent_run(client, experiment, resume, data_dir, base, settings, trials, scheduler)
     total_cpus = ray.cluster_resources().get("CPU", 1)
     if gpus_per_trial > 0:
         cpus_per_worker = 1.0
@@ -291,8 +294,8 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
         spare = total_cpus - 1 - TRIAL_CPUS * concurrent
         cpus_per_worker = max(0.1, spare / (concurrent * trial_workers)) if local else 1.0
     trainable = tune.with_resources(
-        tune.with_parameters(wganctl_trial, base=base.to_dict(), data_dir=data_dir, experiment=experiment,
-                             parent_run_id=parent_run_id, storage_path=storage_path,
+        tune.with_parameters(wganctl_trial, base=base.to_dict(), settings=settings, data_dir=data_dir,
+                             experiment=experiment, parent_run_id=parent_run_id,
                              objective_spec=objective_spec, cpus_per_worker=cpus_per_worker,
                              tracking_uri=tracking.tracking_uri()),
         {"CPU": TRIAL_CPUS})
@@ -318,8 +321,8 @@ def _latest_classifier(client: MlflowClient, data_dir: str) -> str:
     from wgan.data.manifest import manifest_sha256
 
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string=f"tags.`wganctl.stage` = 'classifier' and attributes.status = 'FINISHED' "
-                                            f"and tags.`data.manifest_sha256` = '{manifest_sha256(data_dir)}'",
+                              filter_string=f"tags.`{run_tags.STAGE}` = 'classifier' and attributes.status = 'FINISHED' "
+                                            f"and tags.`{run_tags.DATA_MANIFEST_SHA256}` = '{manifest_sha256(data_dir)}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise UserError(f"no classifier trained on {data_dir}: run `wganctl train-classifier {data_dir}` first "
@@ -328,22 +331,25 @@ def _latest_classifier(client: MlflowClient, data_dir: str) -> str:
 
 
 def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: str, base: TrainConfig,
-                trials: int, scheduler: str, storage_path: str) -> tuple[str, str]:
+                settings: RunSettings, trials: int, scheduler: str) -> tuple[str, str]:
     exp_id = tracking.experiment_id(client, experiment)
     if resume:
-        open_runs = client.search_runs([exp_id], filter_string="tags.`wganctl.stage` = 'tune' and attributes.status != 'FINISHED'",
+        open_runs = client.search_runs([exp_id], filter_string=f"tags.`{run_tags.STAGE}` = 'tune' and attributes.status != 'FINISHED'",
                                        order_by=["attributes.start_time DESC"], max_results=1)
         if not open_runs:
             raise UserError(f"no unfinished sweep in experiment {experiment!r} to resume: start one without --resume")
         run = open_runs[0]
         client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id, run.data.tags["ray.tune_path"]
-    run = client.create_run(exp_id, tags={"wganctl.stage": "tune", "mlflow.runName": f"sweep-{trials}x-{scheduler}",
-                                          "code.version": tracking.code_version(), "data.dir": data_dir})
-    tune_path = datafs.join(storage_path, f"wganctl-tune-{run.info.run_id}")
-    client.set_tag(run.info.run_id, "ray.tune_path", tune_path)
-    for key, value in {"trials": trials, "scheduler": scheduler, "data_dir": data_dir, **base.to_dict()}.items():
-        client.log_param(run.info.run_id, f"base.{key}" if key in base.to_dict() else key, value)
+        return run.info.run_id, run.data.tags[run_tags.TUNE_PATH]
+    run = client.create_run(exp_id, tags={run_tags.STAGE: "tune", run_tags.RUN_NAME: f"sweep-{trials}x-{scheduler}",
+                                          run_tags.CODE_VERSION: tracking.code_version(), run_tags.DATA_DIR: data_dir})
+    tune_path = datafs.join(settings.storage_path, f"wganctl-tune-{run.info.run_id}")
+    client.set_tag(run.info.run_id, run_tags.TUNE_PATH, tune_path)
+    # base.*: what every trial's config starts from (a swept knob overrides it); trial.*: how each runs
+    params = {"trials": trials, "scheduler": scheduler, "data_dir": data_dir,
+              **{f"base.{k}": v for k, v in base.to_dict().items()},
+              **{f"trial.{k}": v for k, v in settings.to_dict().items()}}
+    client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
     return run.info.run_id, tune_path
 
 
@@ -351,9 +357,9 @@ def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, 
                storage_path: str, total_reports: int) -> TuneResult:
     children: dict[str, Any] = {}
     for run in client.search_runs([tracking.experiment_id(client, experiment)],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                  filter_string=f"tags.`{run_tags.PARENT_RUN}` = '{parent_run_id}'",
                                   order_by=["attributes.start_time DESC"]):
-        children.setdefault(run.data.tags.get(TRIAL_TAG), run)  # a PBT trial's newest run
+        children.setdefault(run.data.tags.get(run_tags.TRIAL_ID), run)  # a PBT trial's newest run
     rows = []
     for result in grid:
         trial_id = (result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path)
@@ -376,7 +382,7 @@ def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, 
     _log_table(client, parent_run_id, rows)
     version = None
     if best_row:
-        client.set_tag(parent_run_id, "wganctl.best_run_id", best_row["run_id"])
+        client.set_tag(parent_run_id, run_tags.BEST_RUN, best_row["run_id"])
         client.log_metric(parent_run_id, f"best/{objective.METRIC}", best_row["objective"])
         if register:
             version = _register(client, best_row["run_id"], register, storage_path)
@@ -388,14 +394,14 @@ def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, 
 
 def _close_trial_run(client: MlflowClient, run_id: str, *, finished: bool, storage_path: str) -> None:
     if not finished:
-        client.set_tag(run_id, "wganctl.early_stopped", "true")
+        client.set_tag(run_id, run_tags.EARLY_STOPPED, "true")
         client.set_terminated(run_id, status="KILLED")
         return
     saved = checkpoints.run_checkpoints(storage_path, run_id)
     if saved:
         payload = checkpoints.load(saved[-1])
         tracking.log_generator_model(run_id, payload)
-        client.set_tag(run_id, "wganctl.completed_steps", str(payload["step"]))
+        client.set_tag(run_id, run_tags.COMPLETED_STEPS, str(payload["step"]))
     client.set_terminated(run_id, status="FINISHED")
 
 

@@ -22,7 +22,7 @@ from pipelines.cli import app
 from pipelines import tracking
 from pipelines.prepare import prepare
 from wgan import checkpoint as ckpt
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.data.manifest import load_manifest, manifest_sha256
 from wgan.data.reader import ShardReader
 from wgan.errors import UserError
@@ -50,8 +50,8 @@ def conditional_run(data_dir: str, loss: str, tmp_path: Path) -> str:
     for _ in range(cfg.steps):
         step(next(batches) for _ in range(cfg.n_critic))
     client = MlflowClient()
-    run_id = tracking.start_train_run(client, "t", cfg, data_dir=data_dir, manifest=manifest,
-                                      manifest_sha256=manifest_sha256(data_dir), storage_path=str(tmp_path))
+    run_id = tracking.start_train_run(client, "t", cfg, RunSettings(storage_path=str(tmp_path)), data_dir=data_dir,
+                                      manifest=manifest, manifest_sha256=manifest_sha256(data_dir))
     ckpt.save(tmp_path, step=2, cfg=cfg, generator=generator, critic=critic, g_optimizer=g_opt, d_optimizer=d_opt,
               fixed_z=torch.zeros(1, 16), mlflow_run_id=run_id)
     tracking.log_generator_model(run_id, ckpt.load(tmp_path))

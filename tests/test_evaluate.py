@@ -19,19 +19,19 @@ from pipelines.classifier import features_and_logits, load_classifier, train_cla
 from pipelines.cli import app
 from pipelines.evaluate import draw_samples, evaluate, read_rows
 from pipelines.train import train
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.data.reader import ShardReader, pixels_to_tensor
 from wgan.errors import UserError
 from wgan.metrics import frechet_distance
 
 # class-conditional, so that the per-class metrics are measured too
-TINY = TrainConfig(loss="wgan-gp", steps=4, width=8, z_dim=16, batch=16, log_every=2, sample_every=2, checkpoint_every=2,
-                   conditional=True)
+TINY = TrainConfig(loss="wgan-gp", steps=4, width=8, z_dim=16, batch=16, conditional=True)
+EVERY_2 = RunSettings(log_every=2, sample_every=2, checkpoint_every=2)
 N = 200
 
 
 def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_session, mlflow_store, tmp_path):
-    run_id = train(TINY, tiny_dataset, experiment="t", progress=False).run_id
+    run_id = train(TINY, tiny_dataset, run=EVERY_2, experiment="t", progress=False).run_id
     classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
 
     result = evaluate(run_id, n=N, metrics=("fid", "kid", "pr", "coverage", "is"), classifier_run=classifier_run)
@@ -183,9 +183,9 @@ def test_a_conditional_sample_has_the_label_of_its_row_on_every_path(ray_session
             Image.fromarray(pixels.squeeze(-1)).save(tmp_path / "shapes" / name / f"{i:02d}.png")
     data = prepare("imagefolder", str(tmp_path / "shapes"), size=28, channels=1, out=str(tmp_path / "data"),
                    progress=False).out
-    cfg = TrainConfig(loss="wgan-gp", steps=2, width=8, z_dim=16, batch=16, log_every=1, sample_every=2,
-                      checkpoint_every=2, conditional=True)
-    trained = train(cfg, data, experiment="t", progress=False)
+    cfg = TrainConfig(loss="wgan-gp", steps=2, width=8, z_dim=16, batch=16, conditional=True)
+    trained = train(cfg, data, run=RunSettings(log_every=1, sample_every=2, checkpoint_every=2), experiment="t",
+                    progress=False)
 
     n, seed = FEATURE_BATCH + 10, 3
     assert n > BATCH and BATCH % classes and FEATURE_BATCH % classes  # row 500 is class 2, row 1000 class 1

@@ -27,7 +27,7 @@ from pipelines.tune import tune_sweep
 from tests.object_store import bucket_keys, new_bucket
 from tests.processes import TrackingServer
 from tests.processes import train_worker_pids
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.data.manifest import load_manifest
 
 pytestmark = pytest.mark.slow
@@ -102,10 +102,12 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
     # train from the bucket into the bucket on two workers; both are killed after checkpoint 20
     # is registered, and the run goes on from that checkpoint, read back from the bucket.
     storage = f"{bucket}/ckpt"
-    cfg = TrainConfig(loss="wgan-gp", steps=60, workers=2, log_every=2, sample_every=30, checkpoint_every=10, **TINY)
+    cfg = TrainConfig(loss="wgan-gp", steps=60, **TINY)
+    settings = RunSettings(workers=2, log_every=2, sample_every=30, checkpoint_every=10, storage_path=storage,
+                           max_failures=1)
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=train(
-        cfg, data, experiment="s3", storage_path=storage, max_failures=1, progress=False)))
+        cfg, data, run=settings, experiment="s3", progress=False)))
     thread.start()
     client = MlflowClient()
     deadline = time.time() + 300

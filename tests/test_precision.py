@@ -4,7 +4,6 @@ lacks their instructions, which changes speed, not results) and on a CUDA GPU wh
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -27,10 +26,10 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 def one_critic_update(prec: str, device: str) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     cfg = TrainConfig(loss="wgan-gp", width=16, z_dim=32, batch=32, image_size=32, channels=3).resolved()
-    cfg = dataclasses.replace(cfg, precision=prec)  # the library runs fp16 anywhere; the CLI only on GPUs
     torch.manual_seed(0)
     generator, critic = build_generator(cfg).to(device), build_critic(cfg).to(device)
-    step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic))
+    # The library runs fp16 anywhere; the CLI only on GPUs.
+    step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic), precision_mode=prec)
     assert step.precision == prec
     if prec == "fp16":
         # The scaler's first scale, 2^16, overflows this critic's penalty gradient: the step would be

@@ -18,14 +18,15 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from tests.processes import train_worker_pids
-from pipelines.train import TrainingFailed, train
+from pipelines.train import TrainingFailed, logged_run_settings, train
 from wgan import checkpoint as ckpt
-from wgan.config import TrainConfig
+from wgan.config import RunSettings, TrainConfig
 from wgan.images import to_uint8
 from wgan.networks import build_generator
 from wgan.data.manifest import manifest_sha256
 
-SMALL = dict(width=8, z_dim=16, batch=16, log_every=2, sample_every=2, checkpoint_every=2)
+SMALL = dict(width=8, z_dim=16, batch=16)
+EVERY_2 = RunSettings(log_every=2, sample_every=2, checkpoint_every=2)
 
 
 def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -35,7 +36,7 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
 def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_session, mlflow_store, tmp_path):
     # g_ema 0.5: a moving average that differs visibly from the last weights after 4 steps
     cfg = TrainConfig(loss="wgan-gp", steps=4, g_ema=0.5, **SMALL)
-    result = train(cfg, tiny_dataset, experiment="t", progress=False)
+    result = train(cfg, tiny_dataset, run=EVERY_2, experiment="t", progress=False)
 
     client = MlflowClient()
     run = client.get_run(result.run_id)
@@ -89,19 +90,29 @@ def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_sessi
     assert Image.open(strip).size == (5 * 28 + 6 * 2, 2 * 28 + 3 * 2)
 
 
-def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_session, mlflow_store, tmp_path):
+def test_resume_continues_the_same_mlflow_run_and_step_count_on_another_shape(tiny_dataset, ray_session,
+                                                                                mlflow_store, tmp_path):
     # a class-conditional wgan run with an auxiliary-classifier critic (the projection critic is
     # the evaluate test's): conditioning is checked below, sharing Ray Train's start-up
     first = train(TrainConfig(loss="wgan", steps=2, conditional=True, conditioning="aux", **SMALL), tiny_dataset,
-                  experiment="t", progress=False)
-    again = train(resume=first.run_id, steps=4, progress=False)
-    assert again.run_id == first.run_id and again.steps == 4
+                  run=EVERY_2, experiment="t", progress=False)
+    # Elastic resume: started on one worker, continued on two, from the command line.
+    res = CliRunner().invoke(app, ["train", "--resume", first.run_id, "--steps", "4", "--workers", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert f"run {first.run_id}: 4 steps" in res.output
     client = MlflowClient()
     assert metric_steps(client, first.run_id, "loss/generator") == [1, 2, 3, 4]  # no step twice
     assert [m.value for m in client.get_metric_history(first.run_id, "train/resumed_from_step")] == [2.0]
     run = client.get_run(first.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["wganctl.completed_steps"] == "4"
     assert len(client.search_runs([run.info.experiment_id])) == 1
+    # The new shape is recorded (params keep the first one: they cannot change) and was used:
+    # two workers from step 2, whose weights stayed identical at the checkpoint after it.
+    assert run.data.tags["wganctl.resumed_with"] == "step 2: workers=2" and run.data.params["workers"] == "1"
+    workers = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "train/workers"))
+    assert workers == [(0, 1.0), (2, 2.0)]
+    assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "ddp/weight_spread")] == [(4, 0.0)]
+    assert logged_run_settings(first.run_id).workers == 2  # what a next --resume starts from
 
     # Conditional: one grid row per class (10 Fashion-MNIST classes, 8 latents each), and
     # `sample --class K` draws class K (a conditional run keeps the label in its model).
@@ -123,12 +134,12 @@ def test_resume_continues_the_same_mlflow_run_and_step_count(tiny_dataset, ray_s
 
 def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_session, mlflow_store, tmp_path):
     # 100 steps: the kill lands after checkpoint 20 is registered, with 8 checkpoints to go.
-    cfg = TrainConfig(loss="wgan-gp", steps=100, width=8, z_dim=16, batch=16, n_critic=1,
-                      log_every=1, sample_every=1000, checkpoint_every=10)
+    cfg = TrainConfig(loss="wgan-gp", steps=100, width=8, z_dim=16, batch=16, n_critic=1)
     storage = tmp_path / "ckpts"
+    settings = RunSettings(log_every=1, sample_every=1000, checkpoint_every=10, storage_path=str(storage), max_failures=1)
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(result=train(
-        cfg, tiny_dataset, experiment="t", storage_path=str(storage), max_failures=1, progress=False)))
+        cfg, tiny_dataset, run=settings, experiment="t", progress=False)))
     thread.start()
     client = MlflowClient()
     deadline = time.time() + 240
@@ -164,7 +175,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
     # A worker's report waits for the controller to collect the one before it, so at the kill
     # at most one written checkpoint is not yet registered (seen: killed at 32 with 30 written,
     # 20 registered): at most two intervals are replayed.
-    assert killed_at - resumed[0] <= 2 * cfg.checkpoint_every + 1
+    assert killed_at - resumed[0] <= 2 * settings.checkpoint_every + 1
     assert client.get_run(result.run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(result.run_id, "loss/generator")]
     assert sorted(set(steps)) == list(range(1, 101))  # every step logged; replayed ones twice
@@ -173,11 +184,11 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
 def test_a_diverging_run_fails_in_mlflow_and_keeps_its_last_good_checkpoint(tiny_dataset, ray_session, mlflow_store, tmp_path):
     # lr 300 with Adam grows the critic's weights by about 300 a step: its scores overflow
     # after some tens of steps (seen: steps 11-25 over three data orders), after several checkpoints.
-    cfg = TrainConfig(loss="wgan-gp", steps=200, lr=300.0, width=8, z_dim=16, batch=16,
-                      log_every=1, sample_every=1000, checkpoint_every=2)
+    cfg = TrainConfig(loss="wgan-gp", steps=200, lr=300.0, width=8, z_dim=16, batch=16)
     storage = tmp_path / "ckpts"
+    settings = RunSettings(log_every=1, sample_every=1000, checkpoint_every=2, storage_path=str(storage))
     with pytest.raises(TrainingFailed, match="diverged"):
-        train(cfg, tiny_dataset, experiment="t", storage_path=str(storage), progress=False)
+        train(cfg, tiny_dataset, run=settings, experiment="t", progress=False)
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert run.info.status == "FAILED"
@@ -198,11 +209,12 @@ def test_a_killed_train_driver_gives_its_cpus_back(tiny_dataset, ray_session, ml
     sweep's next trial waited for them until the 10-minute timeout)."""
     import ray
 
-    cfg = TrainConfig(loss="wgan-gp", steps=100_000, width=8, z_dim=16, batch=16, n_critic=1,
-                      log_every=1, sample_every=100_000, checkpoint_every=100_000)
+    cfg = TrainConfig(loss="wgan-gp", steps=100_000, width=8, z_dim=16, batch=16, n_critic=1)
+    settings = RunSettings(log_every=1, sample_every=100_000, checkpoint_every=100_000,
+                           storage_path=str(tmp_path / "ckpts"))
     driver = ray.remote(num_cpus=0, max_retries=0)(
         lambda: (mlflow.set_tracking_uri(mlflow_store),
-                 train(cfg, tiny_dataset, experiment="t", storage_path=str(tmp_path / "ckpts"), progress=False)))
+                 train(cfg, tiny_dataset, run=settings, experiment="t", progress=False)))
     task = driver.remote()
     client = MlflowClient()
     deadline = time.time() + 120
@@ -230,11 +242,11 @@ def test_a_worker_error_fails_the_run_with_its_logging_sent_and_its_checkpoints_
     from pipelines.resilient_logging import LOST_TAG
 
     monkeypatch.setenv("WGANCTL_TEST_FAIL_AT_STEP", "11")
-    cfg = TrainConfig(loss="wgan-gp", steps=20, width=8, z_dim=16, batch=16, n_critic=1,
-                      log_every=2, sample_every=2, checkpoint_every=4)
+    cfg = TrainConfig(loss="wgan-gp", steps=20, width=8, z_dim=16, batch=16, n_critic=1)
     storage = tmp_path / "ckpts"
+    settings = RunSettings(log_every=2, sample_every=2, checkpoint_every=4, storage_path=str(storage), max_failures=0)
     with pytest.raises(TrainingFailed):
-        train(cfg, tiny_dataset, experiment="t", storage_path=str(storage), max_failures=0, progress=False)
+        train(cfg, tiny_dataset, run=settings, experiment="t", progress=False)
     client = MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert run.info.status == "FAILED"

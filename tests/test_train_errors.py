@@ -80,3 +80,35 @@ def test_unknown_config_key(tiny_dataset, tmp_path, mlflow_store, no_ray):
 def test_resume_of_a_run_that_does_not_exist(mlflow_store, no_ray):
     code, err = run_cli(["train", "--resume", "0123456789abcdef"])
     assert code == 2 and len(err.splitlines()) == 1 and "no MLflow run" in err
+
+
+@pytest.fixture
+def logged_run(tiny_dataset, mlflow_store, tmp_path) -> str:
+    """A train run as MLflow holds it (params, config.json, run_settings.json), not trained: what
+    --resume reads before anything starts."""
+    from pipelines import tracking
+    from wgan.config import RunSettings, TrainConfig
+    from wgan.data.manifest import load_manifest, manifest_sha256
+
+    manifest = load_manifest(tiny_dataset)
+    cfg = TrainConfig(width=8, image_size=28, channels=1).resolved()
+    return tracking.start_train_run(MlflowClient(), "t", cfg, RunSettings(storage_path=str(tmp_path)),
+                                    data_dir=tiny_dataset, manifest=manifest,
+                                    manifest_sha256=manifest_sha256(tiny_dataset))
+
+
+def test_resume_refuses_an_option_that_would_change_the_model_before_ray_starts(logged_run, no_ray):
+    code, err = run_cli(["train", "--resume", logged_run, "--lr", "1"])
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: --lr would change the model or objective of run") and "drop it" in err
+    code, err = run_cli(["train", "--resume", logged_run, "--width", "16", "--loss", "wgan", "--workers", "2"])
+    assert code == 2 and "--loss, --width would change" in err and "drop them" in err
+    # the Python API refuses the same, naming what differs from the run
+    from wgan.config import TrainConfig
+    from wgan.errors import UserError
+
+    with pytest.raises(UserError, match="^--lr would change"):
+        pipelines.train.train(TrainConfig(width=8, lr=1.0), resume=logged_run)
+    with pytest.raises(UserError, match="holds no checkpoint of run"):  # moved storage must hold its checkpoints
+        run_settings = pipelines.train.logged_run_settings(logged_run)
+        pipelines.train.train(resume=logged_run, steps=4000, run=type(run_settings)(storage_path="elsewhere"))

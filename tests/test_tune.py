@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from pipelines.classifier import train_classifier
 from pipelines.cli import app
-from pipelines.tune import TRIAL_TAG, pbt_interval, tune_sweep
+from pipelines.run_tags import TRIAL_ID as TRIAL_TAG
+from pipelines.tune import pbt_interval, tune_sweep
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
 from wgan.errors import UserError

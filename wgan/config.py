@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wgan.errors import UserError
+from wgan.knobs import knob
 
 LOSSES = ("wgan-gp", "wgan", "gan")
 ARCHS = ("dcgan", "mlp")
@@ -54,52 +55,64 @@ LOSS_DEFAULTS: dict[str, LossDefaults] = {
 }
 
 
+def _per_loss(name: str) -> str:
+    """Help text for a per-loss default: the papers' value for each loss."""
+    def text(value: Any) -> str:
+        if isinstance(value, tuple):
+            return " ".join(map(str, value))
+        if isinstance(value, float) and 0 < abs(value) < 1e-3:
+            return f"{value:.0e}".replace("e-0", "e-")
+        return str(value)
+    return ", ".join(f"{loss} {text(getattr(d, name))}" for loss, d in LOSS_DEFAULTS.items()
+                     if name != "betas" or d.optimizer == "adam")
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; logged to MLflow whole as parameters.
+    """What defines a run: its hyperparameters, logged to MLflow as params and frozen for the run.
 
-    ``None`` for ``lr``, ``n_critic``, ``critic_norm`` or ``betas`` means "the
-    paper's value for this loss" and is resolved by :meth:`resolved`.
+    ``None`` for ``lr``, ``n_critic``, ``critic_norm`` or ``betas`` means "the paper's
+    value for this loss" (LOSS_DEFAULTS) and is resolved by :meth:`resolved`. How a run
+    is executed (workers, devices, intervals, storage) is `RunSettings`, which may differ
+    when a run is resumed.
     """
 
-    loss: str = "wgan-gp"
-    arch: str = "dcgan"
-    width: int = 64
-    z_dim: int = 128
-    image_size: int | None = None  # None: taken from the prepared data's manifest
-    channels: int | None = None
-    steps: int = 2000
-    batch: int = 64
-    n_critic: int | None = None
-    lr: float | None = None
-    betas: tuple[float, float] | None = None
-    lambda_gp: float = 10.0
-    clip: float = 0.01
-    critic_norm: str | None = None
-    workers: int = 1
-    gpu: bool = False
-    seed: int = 0
-    log_every: int = 25
-    sample_every: int = 250
-    checkpoint_every: int = 250
-    # --conditional: generator and critic take the class label; num_classes is then the
-    # data's class count, set from its manifest. The critic uses the label through
-    # "projection" (Miyato and Koyama 2018) or "aux", an auxiliary classifier head (Odena et
-    # al. 2017), as in the WGAN-GP paper's conditional CIFAR-10 model. Projection is the
-    # default by measurement: Fashion-MNIST, the main job's settings (1500 steps), 10,000
-    # samples in the project classifier's features: projection class accuracy 0.82,
-    # intra-class FD 22.9, FID 16.7; aux 0.22, 170.4, 33.3.
-    conditional: bool = False
-    num_classes: int = 0
-    conditioning: str = "projection"
-    # Exponential moving average of the generator's weights (0: off; e.g. 0.999): the
-    # averaged generator is what grids, the objective and the logged model sample from.
-    g_ema: float = 0.0
-    # bf16: autocast the step's forward passes to bfloat16; auto: bf16 where the device
-    # has bf16 arithmetic (a CUDA GPU that supports it, a CPU with avx512_bf16/amx_bf16).
-    # fp16 (GPUs only): float16 autocast with dynamic loss scaling, the penalty's inner
-    # gradient scaled too (wgan.losses.gradient_penalty).
-    precision: str = "auto"
+    loss: str = knob("wgan-gp", f"objective: {', '.join(LOSSES)}",
+                     cite="wgan: Arjovsky et al. 2017; wgan-gp: Gulrajani et al. 2017; gan: Goodfellow et al. 2014")
+    arch: str = knob("dcgan", f"generator and critic: {', '.join(ARCHS)}",
+                     cite="dcgan: Radford et al. 2016, as in both WGAN papers")
+    width: int = knob(64, "base channel width of the DCGAN networks", cite="Radford et al. 2016")
+    z_dim: int = knob(128, "latent size", cite="Gulrajani et al. 2017, official code: 128")
+    image_size: int | None = knob(None, "image side in pixels", cli=False, shown_default="the data's")
+    channels: int | None = knob(None, "image channels", cli=False, shown_default="the data's")
+    steps: int = knob(2000, "generator steps", on_resume=True)
+    batch: int = knob(64, "global batch of real images per critic step; each of the --workers workers takes "
+                          "batch/workers of it, and DDP averages their gradients, so a step equals one step at "
+                          "the global batch (must divide evenly)", cite="m = 64: both papers' Algorithm 1")
+    n_critic: int | None = knob(None, "critic steps per generator step", cite="both papers' Algorithm 1: 5",
+                                shown_default=_per_loss("n_critic"))
+    lr: float | None = knob(None, "learning rate", cite="Algorithm 1 of each paper; DCGAN for gan",
+                            shown_default=_per_loss("lr"))
+    betas: tuple[float, float] | None = knob(None, "Adam's beta1 beta2 (wgan-gp, gan)",
+                                             cite="Gulrajani et al. 2017: (0, 0.9); Radford et al. 2016: (0.5, 0.999)",
+                                             shown_default=_per_loss("betas"))
+    lambda_gp: float = knob(10.0, "gradient penalty weight (wgan-gp)", cite="Gulrajani et al. 2017, Algorithm 1")
+    clip: float = knob(0.01, "critic weight clip c (wgan)", cite="Arjovsky et al. 2017, Algorithm 1")
+    critic_norm: str | None = knob(None, f"critic normalisation: {', '.join(CRITIC_NORMS)} (batch refused with wgan-gp)",
+                                   cite="Gulrajani et al. 2017, Sec. 4: layer norm with the penalty",
+                                   shown_default=_per_loss("critic_norm"))
+    seed: int = knob(0, "random seed")
+    # Projection is the default by measurement: Fashion-MNIST, the main job's settings (1500
+    # steps), 10,000 samples in the project classifier's features: projection class accuracy
+    # 0.82, intra-class FD 22.9, FID 16.7; aux 0.22, 170.4, 33.3.
+    conditional: bool = knob(False, "class-conditional generator and critic (labelled data)", flag="--conditional")
+    num_classes: int = knob(0, "classes of a conditional run", cli=False, shown_default="the data's")
+    conditioning: str = knob("projection", "how a conditional critic uses the label: projection or aux "
+                                           "(auxiliary classifier)",
+                             cite="projection: Miyato and Koyama 2018; aux: Odena et al. 2017, as in the "
+                                  "WGAN-GP paper's conditional CIFAR-10 model")
+    g_ema: float = knob(0.0, "decay of a moving average of the generator, e.g. 0.999; it then samples "
+                             "and is logged (0: off)", cite="Karras et al. 2018 (progressive GAN)")
 
     def resolved(self) -> "TrainConfig":
         """Return a copy with every per-loss default filled in and all values checked."""
@@ -119,10 +132,6 @@ class TrainConfig:
     @property
     def optimizer(self) -> str:
         return LOSS_DEFAULTS[self.loss].optimizer
-
-    @property
-    def per_worker_batch(self) -> int:
-        return self.batch // self.workers
 
     def validate(self) -> None:
         if self.image_size is None or self.channels is None:
@@ -155,20 +164,10 @@ class TrainConfig:
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.width >= 1, f"--width must be >= 1, got {self.width}"),
             (self.z_dim >= 1, f"z_dim must be >= 1, got {self.z_dim}"),
-            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
             (self.batch >= 1, f"--batch must be >= 1, got {self.batch}"),
-            (self.batch % self.workers == 0,
-             f"--batch {self.batch} does not split over {self.workers} workers: "
-             f"use a batch that is a multiple of --workers"),
             (self.conditioning in CONDITIONINGS,
              f"unknown conditioning {self.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}"),
             (0 <= self.g_ema < 1, f"--g-ema must be in [0, 1) (0: off), got {self.g_ema}"),
-            (self.precision in PRECISIONS,
-             f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
-            (self.precision != "fp16" or self.gpu,
-             "--precision fp16 runs on GPUs only (--gpu): CPUs emulate fp16; use bf16 or fp32"),
-            (self.log_every >= 1 and self.sample_every >= 1 and self.checkpoint_every >= 1,
-             "log/sample/checkpoint intervals must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -183,6 +182,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in dataclasses.fields(cls)}
+        # Runs and checkpoints written before the split kept the run settings in the config too.
+        values = {k: v for k, v in values.items() if k not in LEGACY_RUN_KEYS}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(names))}")
@@ -193,3 +194,72 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# Fields of TrainConfig before the run settings had their own object: still found in the
+# config.json and checkpoints of older runs, and read there by `RunSettings.from_legacy`.
+LEGACY_RUN_KEYS = ("workers", "gpu", "precision", "log_every", "sample_every", "checkpoint_every")
+
+
+@dataclass
+class RunSettings:
+    """How a run is executed: the shape it runs on, its intervals, where it keeps checkpoints.
+
+    Logged with the run (its params at the start, ``run_settings.json`` as they are now),
+    and free to differ each time the run is resumed: `wganctl train --resume RUN --workers 8
+    --gpu` continues a run on another shape and records the change in the run's
+    ``wganctl.resumed_with`` tag, while the `TrainConfig` knobs are refused there. Where this
+    process connects (``--address``) and what it prints are arguments of the call, like every
+    stage's, not part of the run.
+    """
+
+    workers: int = knob(1, "data-parallel Ray Train workers")
+    gpu: bool = knob(False, "one GPU per worker", flag="--gpu/--cpu")
+    # bf16 measured 1.46x the fp32 loop at 28 px on a CPU with avx512_bf16; emulated (slower)
+    # without it, hence "auto". fp16 scales the penalty's inner gradient too (wgan.losses).
+    precision: str = knob("auto", "auto (bf16 where the hardware has it: a CUDA GPU that supports it, a CPU "
+                                  "with avx512_bf16/amx_bf16), bf16, fp16 (GPUs only, with loss scaling) or fp32")
+    log_every: int = knob(25, "steps between metric flushes")
+    sample_every: int = knob(250, "steps between sample grids")
+    checkpoint_every: int = knob(250, "steps between checkpoints")
+    storage_path: str | None = knob(None, "checkpoint storage: local dir, s3://, shared FS",
+                                    shown_default="./ray_results")
+    max_failures: int = knob(2, "worker-group restarts from the last checkpoint before the run fails")
+
+    def validate(self) -> "RunSettings":
+        checks = [
+            (self.workers >= 1, f"--workers must be >= 1, got {self.workers}"),
+            (self.precision in PRECISIONS,
+             f"unknown precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"),
+            (self.precision != "fp16" or self.gpu,
+             "--precision fp16 runs on GPUs only (--gpu): CPUs emulate fp16; use bf16 or fp32"),
+            (self.log_every >= 1 and self.sample_every >= 1 and self.checkpoint_every >= 1,
+             "log/sample/checkpoint intervals must be >= 1"),
+            (self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def check_fits(self, cfg: TrainConfig) -> None:
+        """Refuse a batch that does not split evenly over the workers."""
+        if cfg.batch % self.workers:
+            raise ConfigError(f"--batch {cfg.batch} does not split over {self.workers} workers: "
+                              f"use a batch that is a multiple of --workers")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunSettings":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown run setting(s) {', '.join(unknown)}: valid ones are {', '.join(sorted(names))}")
+        return cls(**values)
+
+    @classmethod
+    def from_legacy(cls, config: dict[str, Any], **values: Any) -> "RunSettings":
+        """The settings of a run logged before the split: its config.json held them."""
+        return cls(**{k: config[k] for k in LEGACY_RUN_KEYS if k in config}, **values)

@@ -57,14 +57,16 @@ def build_optimizers(cfg: TrainConfig, generator: nn.Module, critic: nn.Module):
 
 class TrainStep:
     def __init__(self, cfg: TrainConfig, generator: nn.Module, critic: nn.Module,
-                 g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer):
+                 g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer, *,
+                 precision_mode: str = "auto"):
+        """``precision_mode``: a `wgan.config.PRECISIONS` value (a run setting: `RunSettings.precision`)."""
         self.cfg = cfg
         self.generator, self.critic = generator, critic
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
         self.separate_passes = has_batch_norm(unwrap(critic))
         self._g_params = [p for p in unwrap(generator).parameters() if p.requires_grad]
         device = next(unwrap(generator).parameters()).device
-        self.precision = precision.effective(cfg.precision, device)
+        self.precision = precision.effective(precision_mode, device)
         self._autocast = lambda: precision.autocast(self.precision, device)
         # fp16 only: dynamic loss scaling, one scaler per optimizer; pass-throughs otherwise.
         self.d_scaler = precision.grad_scaler(self.precision, device)
