@@ -17,7 +17,7 @@ while the placement group's PACK strategy still has to put the workers on two
 different nodes.
 
 The second test stops the tracking server (SIGTERM) in the middle of logging
-and restarts it on the same port and database (pipelines/resilient_logging.py).
+and restarts it on the same port and database (pipelines/tracking/resilient_logging.py).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path
                                    env_vars={"MLFLOW_TRACKING_URI": tracking_server.uri}, timeout=JOB_TIMEOUT_S)
 
         # ---- the same stages from outside the cluster, through Ray Client (ray://): each runs as one
-        # task there (pipelines.ray_cluster.through_ray_client), logging to this machine's server.
+        # task there (pipelines.cluster.connect.through_ray_client), logging to this machine's server.
         # Evaluate first, then train and tune side by side (a worker each on the three one-CPU
         # nodes, one CPU left for reading). All three at once hung here until the timeout:
         # the evaluation's actors took the CPU the others' Ray Data reads were waiting for.
@@ -290,7 +290,7 @@ def test_logging_survives_a_tracking_server_outage(tracking_server, monkeypatch)
     from mlflow.tracking import MlflowClient
 
     from pipelines import tracking
-    from pipelines.resilient_logging import LOST_TAG, OUTAGE_TAG, BufferedMlflowClient, TrackingOutageWarning
+    from pipelines.tracking.resilient_logging import LOST_TAG, OUTAGE_TAG, BufferedMlflowClient, TrackingOutageWarning
 
     # One attempt per send: the buffer's own retry loop, not MLflow's 4-minute backoff, bridges the outage.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -375,7 +375,7 @@ def test_logging_survives_a_tracking_server_outage(tracking_server, monkeypatch)
 
 def test_ray_client_retries_only_while_the_head_cannot_start_a_client_server(monkeypatch):
     """Both start failures seen right after a head started are retried; any other refusal is not."""
-    from pipelines import ray_cluster
+    from pipelines.cluster import connect as ray_cluster
 
     zombie = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \"proxier.py\", "
               "line 396, in start_specific_server\npsutil.ZombieProcess: PID still exists but it's a zombie")
