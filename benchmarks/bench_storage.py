@@ -160,7 +160,7 @@ def main() -> None:
     from ray.util.queue import Queue
 
     from pipelines.quickstart import MAIN_JOB
-    from pipelines.ray_cluster import init_ray
+    from pipelines.cluster.connect import init_ray
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per S3 request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

@@ -244,7 +244,7 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
 
     import pipelines.train
     from pipelines.prepare import prepare
-    from pipelines.ray_cluster import init_ray, worker_resources
+    from pipelines.cluster.connect import init_ray, worker_resources
 
     gpu = device.type == "cuda"
     print(f"\n== Ray Train, 1 {'GPU' if gpu else 'CPU'} worker, MLflow logging on, 28 px, {rounds} runs of "

@@ -37,15 +37,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from pipelines import tracking  # noqa: E402
+from pipelines.search_space import SweepSettings  # noqa: E402
 from pipelines.tune import tune_sweep  # noqa: E402
 from wgan.config import TrainConfig  # noqa: E402
 
 
 def sweep(scheduler: str, args, storage: str) -> dict:
     started = time.perf_counter()
-    result = tune_sweep(args.data, trials=args.trials, scheduler=scheduler, steps=args.steps, reports=args.reports,
-                        experiment=f"bench-tune-{scheduler}", classifier_run=args.classifier,
-                        base=TrainConfig(width=16, batch=64, seed=0), storage_path=storage, search_seed=args.seed)
+    settings = SweepSettings(trials=args.trials, scheduler=scheduler, steps=args.steps, reports=args.reports,
+                             seed=args.seed)
+    result = tune_sweep(args.data, sweep=settings, experiment=f"bench-tune-{scheduler}", classifier_run=args.classifier,
+                        base=TrainConfig(width=16, batch=64, seed=0), storage_path=storage)
     return summary(result.trials, time.perf_counter() - started, args)
 
 

@@ -25,13 +25,12 @@ from mlflow.tracking import MlflowClient
 from wgan.classifier import Classifier, ClassifierSpec, fit
 from wgan.data.manifest import load_manifest, manifest_sha256
 from wgan.data.reader import pixels_to_tensor
+from wgan.data.rows import dataset_labels, read_rows, split_manifest
 from wgan.errors import UserError
-from pipelines import run_tags, tracking
-from pipelines.batch_inference import latents
-from pipelines.classifier import split_manifest
-from pipelines.evaluate import dataset_labels, read_rows
-from pipelines.ray_cluster import init_ray
-from pipelines.sample import load_generator
+from pipelines import tracking
+from pipelines.tracking import run_tags
+from pipelines.cluster.batch_inference import latents
+from pipelines.cluster.connect import init_ray
 
 STAGE = "augment"
 BATCH = 64
@@ -110,7 +109,7 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
 
 def _synthetic(run_id: str, per_class: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``per_class`` samples of every class from the run's logged (conditional) generator."""
-    model, z_dim = load_generator(run_id)
+    model, z_dim = tracking.load_generator(run_id)
     images, labels = [], []
     for k in range(num_classes):
         z = latents(1000 + seed * num_classes + k, np.arange(per_class), z_dim)

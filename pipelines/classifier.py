@@ -17,17 +17,17 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from mlflow.tracking import MlflowClient
 
 from wgan.classifier import Classifier, ClassifierSpec, fit
-from wgan.data import fs as datafs
-from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
+from wgan.data.rows import split_manifest
+from wgan.data.manifest import load_manifest, manifest_sha256
 from wgan.data.reader import ShardReader
 from wgan.errors import UserError
 from wgan.metrics import frechet_distance
-from pipelines import run_tags, tracking
+from pipelines import tracking
+from pipelines.tracking import run_tags
 
 STAGE = "classifier"
 MODEL_NAME = "classifier"
@@ -42,20 +42,6 @@ class ClassifierResult:
     test_accuracy: float
     fd_test_vs_train: float | None  # None when the test split is the train split
     model_uri: str
-
-
-def split_manifest(data_dir: str, manifest: dict, split: str) -> dict:
-    """The manifest restricted to the shards of one split: shards never span two splits (architecture.md, section 1)."""
-    if split not in manifest["splits"]:
-        raise UserError(f"{data_dir} has no {split!r} split (it has {', '.join(manifest['splits'])}): "
-                        f"prepare it with --split {split}, or choose one of those")
-    kept = []
-    for shard, path in zip(manifest["shards"], shard_paths(data_dir, manifest)):
-        filesystem, inner = datafs.resolve(path)
-        with filesystem.open_input_file(inner) as handle:
-            if pq.ParquetFile(handle).read_row_group(0, columns=["split"]).column(0)[0].as_py() == split:
-                kept.append(shard)
-    return {**manifest, "shards": kept, "splits": [split], "count": sum(shard["rows"] for shard in kept)}
 
 
 def split_reader(data_dir: str, manifest: dict, split: str, batch: int, *, shuffle: bool, seed: int = 0) -> ShardReader:

@@ -17,6 +17,7 @@ import typer
 from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
 from pipelines.cli_options import config_values, knob_options
+from pipelines.search_space import SweepSettings
 
 app = typer.Typer(
     name="wganctl",
@@ -178,37 +179,28 @@ def interpolate(
 
 @app.command()
 @user_errors_exit_2
+@knob_options(SweepSettings)
 def tune(
     data: str = typer.Option(..., "--data", help="prepared dataset directory"),
-    trials: int = typer.Option(32, "--trials", help="number of trials"),
     space: Optional[Path] = typer.Option(None, "--space", help="YAML search space (default: lambda, clip, n_critic, lr, loss around the papers' values)"),
-    scheduler: str = typer.Option("asha", "--scheduler", help="asha (early stopping), pbt or none"),
-    steps: int = typer.Option(400, "--steps", help="generator steps per trial (at most)"),
-    reports: int = typer.Option(16, "--reports", help="objective evaluations per trial, every steps/reports steps "
-                                 "(ASHA's rungs count these: 1, 4, 16)"),
-    trial_workers: int = typer.Option(1, "--trial-workers", help="Ray Train workers per trial"),
-    gpus_per_trial: float = typer.Option(0, "--gpus-per-trial", help="GPUs per trial worker (0: CPU)"),
-    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="trials running at once (default: what fits)"),
     width: Optional[int] = typer.Option(None, "--width", help="network width of every trial (unless swept)"),
     batch: Optional[int] = typer.Option(None, "--batch", help="global batch of every trial (unless swept)"),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="MLflow run id of the classifier whose features score samples"),
     experiment: str = typer.Option("wganctl-tune", "--experiment", help="MLflow experiment"),
     register: Optional[str] = typer.Option(None, "--register", help="register the best generator under this model name"),
     resume: bool = typer.Option(False, "--resume", help="continue the experiment's interrupted sweep"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the search: the same seed and space draw the same trials"),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="trial checkpoints and Tune's state: local dir, s3://, shared FS (./ray_results)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    **knob_values,
 ) -> None:
     """Sweep WGAN knobs on Ray Tune; every trial is a train run nested under one MLflow sweep run."""
     from pipelines.tune import tune_sweep
-    from wgan.config import TrainConfig
 
     base = TrainConfig(**{k: v for k, v in {"width": width, "batch": batch}.items() if v is not None})
-    result = tune_sweep(data, trials=trials, space_file=str(space) if space else None, scheduler=scheduler,
-                        steps=steps, reports=reports, trial_workers=trial_workers, gpus_per_trial=gpus_per_trial,
-                        max_concurrent=max_concurrent, experiment=experiment, register=register, resume=resume,
-                        classifier_run=classifier, base=base, storage_path=storage_path, address=address,
-                        search_seed=seed)
+    sweep = SweepSettings(**{k: v for k, v in knob_values.items() if v is not None})
+    result = tune_sweep(data, sweep=sweep, space_file=str(space) if space else None, base=base,
+                        experiment=experiment, register=register, resume=resume, classifier_run=classifier,
+                        storage_path=storage_path, address=address)
     typer.echo(f"sweep run {result.parent_run_id}: {len(result.trials)} trials")
     if result.best_run_id:
         typer.echo(f"best trial run {result.best_run_id}: Frechet distance {result.best_objective:.3f} with {result.best_config}")
@@ -301,7 +293,7 @@ def server(
     basic_auth: bool = typer.Option(False, "--basic-auth", help="MLflow's basic-auth app: users and passwords (needs MLFLOW_FLASK_SERVER_SECRET_KEY; MLFLOW_AUTH_ADMIN_PASSWORD on first start)"),
 ) -> None:
     """Run an MLflow tracking server for Ray clusters: database backend, artifacts served through it."""
-    from pipelines.server import ServerSettings, exposure_warning, serve
+    from pipelines.tracking.server import ServerSettings, exposure_warning, serve
 
     settings = ServerSettings(host=host, port=port, backend_store_uri=backend_store_uri,
                               artifacts_destination=artifacts_destination, workers=workers,

@@ -2,7 +2,7 @@
 
 Contract (metric names, artifacts, the reference cache): docs/architecture.md, section 4.
 Sampling and feature extraction run as Ray Data batch inference
-(`pipelines.batch_inference`): actor pools over batches, on GPUs with ``gpu``, so a
+(`pipelines.cluster.batch_inference`): actor pools over batches, on GPUs with ``gpu``, so a
 50,000-sample evaluation spreads over a cluster. The reference features (the run's
 whole prepared dataset) are computed once per (dataset, classifier) and cached
 beside the manifest.
@@ -12,35 +12,33 @@ from __future__ import annotations
 
 import io
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from mlflow.tracking import MlflowClient
 
 from wgan.classifier import Classifier
 from wgan.data import fs as datafs
-from wgan.data.images import unpack_images
-from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
+from wgan.data.rows import dataset_labels, read_rows
+from wgan.data.manifest import load_manifest, manifest_sha256
 from wgan.errors import UserError
 from wgan.images import grid
 from wgan.metrics import (class_coverage, feature_statistics, frechet_distance_from_statistics, inception_score,
                           kernel_inception_distance, nearest_neighbours, precision_recall)
-from pipelines import run_tags, tracking
-from pipelines.batch_inference import (checkpoint_generator, classifier_extractor, embed_shards, inception_extractor,
+from pipelines import tracking
+from pipelines.tracking import run_tags
+from pipelines.cluster.batch_inference import (checkpoint_generator, classifier_extractor, inception_extractor,
                                        latents, logged_generator, model_sampler, sample_and_embed)
 from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, load_classifier
-from pipelines.ray_cluster import init_ray, through_ray_client
-from pipelines.sample import load_generator
+from pipelines.cluster.reference import Reference, reference_features
+from pipelines.cluster.connect import init_ray, through_ray_client
 
 METRICS = ("fid", "kid", "pr", "coverage", "is")
 FEATURES = ("classifier", "inception")
 DEFAULT_METRICS = {"classifier": ("fid", "kid", "pr", "coverage"), "inception": ("fid", "kid", "pr", "is")}
-REFERENCE_DIR = "reference"
 GRID_IMAGES = 64
 NEIGHBOUR_ROWS, NEIGHBOURS = 8, 5  # memorisation picture: 8 samples, each beside its 5 nearest training images
 
@@ -51,13 +49,6 @@ class EvaluationResult:
     metrics: dict[str, float]  # as logged, "eval/..." names
     classifier_run: str | None  # None with Inception features
     reference: str  # the reference-features cache file
-
-
-@dataclass
-class Reference:
-    features: np.ndarray  # (rows, feature_dim) float32, in the dataset's row order
-    mu: np.ndarray
-    sigma: np.ndarray
 
 
 @through_ray_client
@@ -140,7 +131,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     coverage = None if inception else class_coverage(sample_logits.argmax(1), len(manifest["class_names"]))
     num_classes = int(run.data.params.get("num_classes", 0) or 0)
     if num_classes and not inception:
-        # A conditional run: sample i was drawn for class i % K (pipelines.batch_inference).
+        # A conditional run: sample i was drawn for class i % K (pipelines.cluster.batch_inference).
         per_class = _per_class(drawn["row"] % num_classes, sample_logits.argmax(1), sample_features,
                                reference, dataset_labels(data_dir, manifest), manifest["class_names"])
         results["eval/class_accuracy"] = float(np.mean([row["accuracy"] for row in per_class]))
@@ -154,16 +145,6 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     _log_pictures(client, run_id, images, sample_features, reference.features, data_dir, manifest, coverage)
     return EvaluationResult(run_id=run_id, metrics=results, classifier_run=tags.get("eval.classifier_run"),
                             reference=cache)
-
-
-def dataset_labels(data_dir: str, manifest: dict) -> np.ndarray:
-    """The label of every dataset row, in row order (the reference features' order)."""
-    labels = []
-    for shard in shard_paths(data_dir, manifest):
-        filesystem, path = datafs.resolve(shard)
-        with filesystem.open_input_file(path) as handle:
-            labels.append(pq.read_table(handle, columns=["label"]).column(0).to_numpy())
-    return np.concatenate(labels)
 
 
 def _per_class(intended: np.ndarray, predicted: np.ndarray, features: np.ndarray, reference: Reference,
@@ -193,7 +174,7 @@ def _csv(rows: list[dict]) -> str:
 
 def _checkpoint_payload(run, step: int) -> dict:
     """The run's Ray Train checkpoint at ``step`` (local or remote storage), loaded without unpickling."""
-    from pipelines import checkpoints
+    from pipelines.cluster import checkpoints
 
     storage = run.data.tags.get(run_tags.STORAGE_PATH, "")
     saved = checkpoints.run_checkpoints(storage, run.info.run_id) if storage else []
@@ -256,68 +237,16 @@ def _matching_classifier(client: MlflowClient, classifier_run: str, run, manifes
     return classifier
 
 
-def reference_features(data_dir: str, extractor: dict, key: str, manifest: dict | None = None,
-                       gpu: bool = False) -> tuple[Reference, str]:
-    """Features of every row of the dataset, from ``<data_dir>/reference/<key>.npz`` (key:
-    ``classifier-<run>`` or ``inception-<weights sha256[:16]>``) or computed and cached there;
-    also the cache's location.
-
-    The cache stores the manifest sha256 it was computed from; a mismatch (the data was
-    prepared again in place) recomputes it.
-    """
-    manifest = manifest or load_manifest(data_dir, verify=False)
-    sha = manifest_sha256(data_dir)
-    location = datafs.join(datafs.absolute(data_dir), REFERENCE_DIR, f"{key}.npz")
-    filesystem, path = datafs.resolve(location)
-    if datafs.exists(filesystem, path):
-        with filesystem.open_input_file(path) as handle:
-            cached = np.load(io.BytesIO(handle.read()))
-        if str(cached["manifest_sha256"]) == sha:
-            return Reference(cached["features"], cached["mu"], cached["sigma"]), location
-    load_manifest(data_dir, verify=True)  # the features will be trusted from now on: check every shard once
-    features = embed_shards(shard_paths(data_dir, manifest), manifest["size"], manifest["channels"], extractor,
-                            gpu=gpu)
-    mu, sigma = feature_statistics(features)
-    buffer = io.BytesIO()
-    np.savez(buffer, features=features, mu=mu, sigma=sigma, manifest_sha256=np.array(sha))
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    partial = f"{path}.tmp-{uuid.uuid4().hex[:8]}"  # readers never see a half-written cache
-    with filesystem.open_output_stream(partial) as out:
-        out.write(buffer.getvalue())
-    filesystem.move(partial, path)
-    return Reference(features, mu, sigma), location
-
-
-def reference_statistics(data_dir: str, classifier: Classifier, classifier_run: str) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance of the dataset's classifier features (cached as in ``reference_features``)."""
-    reference, _ = reference_features(data_dir, classifier_extractor(classifier), f"classifier-{classifier_run}")
-    return reference.mu, reference.sigma
-
-
 def draw_samples(run_id: str, n: int, seed: int) -> np.ndarray:
     """(n, H, W, C) uint8 samples of the run's logged generator, in this process: the same
     images `evaluate` measures with ``seed`` (row i's latent comes from (seed, i), and from a
-    conditional run its label is i % K, as `pipelines.batch_inference.draw_rows` draws them)."""
-    model, z_dim = load_generator(run_id)
+    conditional run its label is i % K, as `pipelines.cluster.batch_inference.draw_rows` draws them)."""
+    model, z_dim = tracking.load_generator(run_id)
     draw = model_sampler(model)
     rows = np.arange(n)
     z = latents(seed, rows, z_dim)
     return np.concatenate([draw(z[start:start + FEATURE_BATCH], rows[start:start + FEATURE_BATCH])
                            for start in range(0, n, FEATURE_BATCH)])
-
-
-def read_rows(data_dir: str, manifest: dict, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), H, W, C) uint8 images of the dataset's global row numbers (row order of section 1)."""
-    starts = np.cumsum([0] + [shard["rows"] for shard in manifest["shards"]])
-    out = np.empty((len(rows), manifest["size"], manifest["size"], manifest["channels"]), dtype=np.uint8)
-    paths = shard_paths(data_dir, manifest)
-    for shard in np.unique(np.searchsorted(starts, rows, side="right") - 1):
-        wanted = np.flatnonzero((rows >= starts[shard]) & (rows < starts[shard + 1]))
-        filesystem, path = datafs.resolve(paths[shard])
-        with filesystem.open_input_file(path) as handle:
-            column = pq.read_table(handle, columns=["image"]).column(0).take(rows[wanted] - starts[shard])
-        out[wanted] = unpack_images(column, manifest["size"], manifest["channels"])
-    return out
 
 
 def _log_evaluation(client: MlflowClient, run_id: str, results: dict[str, float], step: int, tags: dict) -> None:

@@ -32,7 +32,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink, WriteResult
 
 import wgan
-from pipelines.ray_cluster import init_ray, through_ray_client
+from pipelines.cluster.connect import init_ray, through_ray_client
 from wgan.data import fs as datafs
 from wgan.data.imagefolder import load_image_folder
 from wgan.data.images import pack_images

@@ -18,18 +18,6 @@ from wgan.images import grid, interpolation_latents
 from pipelines import tracking
 
 
-def load_generator(run_id: str):
-    """The run's pyfunc generator and its latent size."""
-    tracking.get_run(mlflow.MlflowClient(tracking.tracking_uri()), run_id)
-    try:
-        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{tracking.MODEL_NAME}")
-    except mlflow.exceptions.MlflowException as err:
-        raise UserError(f"run {run_id} has no logged generator ({str(err).splitlines()[0]}): "
-                        f"was its training finished? `wganctl train --resume {run_id}` completes it")
-    z_dim = model.metadata.get_input_schema().inputs[0].shape[-1]
-    return model, z_dim
-
-
 def save_images(images: np.ndarray, out: str | Path, nrow: int | None = None) -> Path:
     """``.png``: a grid picture; ``.npy``: the uint8 N x H x W x C array."""
     out = Path(out)
@@ -49,7 +37,7 @@ def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | Non
         raise UserError(f"--n must be >= 1, got {n}")
     if Path(out).suffix not in (".png", ".npy"):
         raise UserError(f"unsupported output {Path(out).name}: use a .png (grid) or .npy (uint8 N x H x W x C) file")
-    model, z_dim = load_generator(run_id)
+    model, z_dim = tracking.load_generator(run_id)
     if label is not None:
         classes = int(mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.params.get("num_classes", 0))
         if not classes:
@@ -64,6 +52,6 @@ def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | Non
 def interpolate(run_id: str, out: str | Path, rows: int = 8, steps: int = 10, seed: int = 0) -> Path:
     if rows < 1 or steps < 2:
         raise UserError("--rows must be >= 1 and --steps >= 2")
-    model, z_dim = load_generator(run_id)
+    model, z_dim = tracking.load_generator(run_id)
     z = interpolation_latents(z_dim, rows, steps, seed).numpy()
     return save_images(np.asarray(model.predict(z), dtype=np.uint8), out, nrow=steps)

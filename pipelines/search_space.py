@@ -17,22 +17,19 @@ did nothing.
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from ray import tune
 
 from wgan.config import TrainConfig
 from wgan.errors import UserError
-from wgan.knobs import knobs
+from wgan.knobs import knob, knobs
 
-DISTRIBUTIONS = {
-    "loguniform": lambda a: tune.loguniform(*a),
-    "uniform": lambda a: tune.uniform(*a),
-    "randint": lambda a: tune.randint(*a),
-    "choice": lambda a: tune.choice(list(a)),
-    "grid": lambda a: tune.grid_search(list(a)),  # every value, in order, for each of --trials samples
-}
+SCHEDULERS = ("asha", "pbt", "none")
+# Ray Tune's domain of each YAML distribution ("grid": every value, in order, for each of --trials samples).
+DISTRIBUTIONS = {"loguniform": "loguniform", "uniform": "uniform", "randint": "randint", "choice": "choice",
+                 "grid": "grid_search"}
 # Ranges around the papers' values: lambda 10 (Gulrajani et al. 2017), c 0.01 and
 # lr 5e-5 (Arjovsky et al. 2017), lr 1e-4 and n_critic 5 (both).
 DEFAULT_SPACE: dict[str, Any] = {
@@ -43,6 +40,25 @@ DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"loguniform": [1e-5, 1e-3]},
 }
 LOSS_ONLY = {"lambda_gp": "wgan-gp", "clip": "wgan"}
+
+
+@dataclass
+class SweepSettings:
+    """How a sweep runs: its size, its scheduler, each trial's length and shape (`wganctl tune`'s
+    options are generated from these knobs, as `wganctl train`'s are from the config's)."""
+
+    trials: int = knob(32, "number of trials")
+    scheduler: str = knob("asha", f"{', '.join(SCHEDULERS[:-1])} or {SCHEDULERS[-1]}",
+                          cite="ASHA: Li et al. 2020, early stopping; PBT: Jaderberg et al. 2017")
+    steps: int = knob(400, "generator steps per trial (at most)")
+    reports: int = knob(16, "objective evaluations per trial, every steps/reports steps (ASHA's rungs count "
+                            "these: 1, 4, 16)")
+    trial_workers: int = knob(1, "Ray Train workers per trial")
+    gpus_per_trial: float = knob(0.0, "GPUs per trial worker (0: CPU)")
+    max_concurrent: int | None = knob(None, "trials running at once", shown_default="what fits")
+    seed: int | None = knob(None, "seed of the search: the same seed and space draw the same trials",
+                            shown_default="unseeded")
+    objective_samples: int = knob(500, "samples each objective evaluation draws")
 
 
 def swept_keys() -> set[str]:
@@ -90,12 +106,16 @@ def _domain(key: str, value: Any):
     ranged = name not in ("choice", "grid")
     if not isinstance(args, list) or (ranged and len(args) != 2):
         raise UserError(f"space.{key}.{name}: expected a list{' of [low, high]' if ranged else ''}, got {args!r}")
+    from ray import tune  # here: the CLI imports this module for SweepSettings, and must start fast
+
     try:
-        return DISTRIBUTIONS[name](args)
+        return getattr(tune, DISTRIBUTIONS[name])(*([list(args)] if name in ("choice", "grid") else args))
     except Exception as err:
         raise UserError(f"space.{key}.{name}: {err}")
 
 
 def _only_for(loss: str, domain):
+    from ray import tune
+
     sample = domain.sample if hasattr(domain, "sample") else (lambda: domain)
     return tune.sample_from(lambda config: sample() if config["loss"] == loss else None)

@@ -21,8 +21,10 @@ from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import UserError
 from wgan.knobs import knobs
-from pipelines import checkpoints, run_tags, tracking
-from pipelines.ray_cluster import init_ray, through_ray_client, worker_resources
+from pipelines import tracking
+from pipelines.cluster import checkpoints
+from pipelines.tracking import run_tags
+from pipelines.cluster.connect import init_ray, through_ray_client, worker_resources
 
 DEFAULT_STORAGE = "ray_results"
 # A dataset whose images take at most this share of the object store is read once and
@@ -232,7 +234,7 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
     from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
-    from pipelines.progress import ProgressReporter
+    from pipelines.cluster.progress import ProgressReporter
     from pipelines.train_worker import train_loop_per_worker
 
     local = init_ray(address, verbose)

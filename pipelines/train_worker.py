@@ -41,9 +41,11 @@ from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
 from wgan.networks import build_critic, build_generator
 from wgan.step import TrainStep, build_optimizers, unwrap
-from pipelines import checkpoints, objective, run_tags, tracking
+from pipelines import objective, tracking
+from pipelines.cluster import checkpoints
+from pipelines.tracking import run_tags
 from pipelines.objective import SampleQuality
-from pipelines.resilient_logging import BufferedMlflowClient
+from pipelines.tracking.resilient_logging import BufferedMlflowClient
 
 logger = logging.getLogger(__name__)
 

@@ -34,12 +34,13 @@ from wgan.config import RunSettings, TrainConfig
 from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest
 from wgan.errors import UserError
-from pipelines import checkpoints, objective, run_tags, tracking
-from pipelines.ray_cluster import through_ray_client
-from pipelines.search_space import load_space, to_param_space
+from pipelines import objective, tracking
+from pipelines.cluster import checkpoints
+from pipelines.tracking import run_tags
+from pipelines.cluster.connect import through_ray_client
+from pipelines.search_space import SCHEDULERS, SweepSettings, load_space, to_param_space
 from pipelines.train import DEFAULT_STORAGE, TrainingFailed, TrialPlumbing, train
 
-SCHEDULERS = ("asha", "pbt", "none")
 TRIAL_CPUS = 0.01  # a trial only waits on its train task; Ray refuses a 0-CPU trial
 PBT_KNOBS = ("lr", "n_critic", "lambda_gp", "clip")
 
@@ -235,16 +236,18 @@ def pbt_mutations(space: dict[str, Any]) -> dict[str, Any]:
 
 
 @through_ray_client
-def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None, scheduler: str = "asha",
-               steps: int = 400, reports: int = 16, trial_workers: int = 1, gpus_per_trial: float = 0,
-               max_concurrent: int | None = None, experiment: str = "wganctl-tune", register: str | None = None,
-               resume: bool = False, classifier_run: str | None = None, objective_samples: int = 500,
-               base: TrainConfig | None = None, storage_path: str | None = None,
-               address: str | None = None, search_seed: int | None = None) -> TuneResult:
+def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file: str | None = None,
+               base: TrainConfig | None = None, experiment: str = "wganctl-tune", register: str | None = None,
+               resume: bool = False, classifier_run: str | None = None, storage_path: str | None = None,
+               address: str | None = None) -> TuneResult:
     """Sweep train options on ``data_dir``; returns the trials table and the best trial.
 
-    ``search_seed`` makes the sampled trial configurations reproducible (two sweeps with the
-    same seed and space draw the same trials)."""
+    ``sweep`` says how (`SweepSettings`); ``base`` is the config every trial starts from,
+    which the space's knobs override. A seeded sweep (``sweep.seed``) draws the same trials
+    from the same space every time."""
+    sweep = sweep or SweepSettings()
+    trials, scheduler, steps, reports = sweep.trials, sweep.scheduler, sweep.steps, sweep.reports
+    trial_workers, gpus_per_trial, max_concurrent = sweep.trial_workers, sweep.gpus_per_trial, sweep.max_concurrent
     if scheduler not in SCHEDULERS:
         raise UserError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     if trials < 1 or reports < 1 or steps < reports:
@@ -273,15 +276,15 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
     from ray import tune
 
     from pipelines.classifier import load_classifier
-    from pipelines.evaluate import reference_statistics
-    from pipelines.ray_cluster import init_ray
+    from pipelines.cluster.reference import reference_statistics
+    from pipelines.cluster.connect import init_ray
 
     client = MlflowClient(tracking.tracking_uri())
     classifier_run = classifier_run or _latest_classifier(client, data_dir)
     classifier = load_classifier(classifier_run)
     local = init_ray(address)
     mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
-    objective_spec = objective.objective_spec(classifier, mu, sigma, objective_samples)
+    objective_spec = objective.objective_spec(classifier, mu, sigma, sweep.objective_samples)
     parent_run_id, tune_path = _parent_run(client, experiment, resume, data_dir, base, settings, trials, scheduler)
     total_cpus = ray.cluster_resources().get("CPU", 1)
     if gpus_per_trial > 0:
@@ -307,8 +310,8 @@ def tune_sweep(data_dir: str, *, trials: int = 32, space_file: str | None = None
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=objective.METRIC, mode="min", num_samples=trials,
                                         scheduler=_scheduler(scheduler, reports, param_space, trials <= concurrent),
-                                        search_alg=_searcher(search_seed, concurrent),
-                                        max_concurrent_trials=None if search_seed is not None else concurrent),
+                                        search_alg=_searcher(sweep.seed, concurrent),
+                                        max_concurrent_trials=None if sweep.seed is not None else concurrent),
             run_config=tune.RunConfig(name=datafs.name(tune_path), storage_path=datafs.parent(tune_path),
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )

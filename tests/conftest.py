@@ -61,7 +61,7 @@ def s3_bucket(object_store) -> str:
 def ray_session(object_store):
     """A real local Ray with both cores, started once: Ray start-up is the slowest thing here."""
     if not ray.is_initialized():
-        from pipelines.ray_cluster import use_local_ray_env
+        from pipelines.cluster.connect import use_local_ray_env
 
         use_local_ray_env()  # as init_ray does
         # The dashboard too, as init_ray starts it: Ray Train's cleaner of dead runs needs it.

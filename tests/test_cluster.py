@@ -233,7 +233,7 @@ def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path
                                    env_vars={"MLFLOW_TRACKING_URI": tracking_server.uri}, timeout=JOB_TIMEOUT_S)
 
         # ---- the same stages from outside the cluster, through Ray Client (ray://): each runs as one
-        # task there (pipelines.ray_cluster.through_ray_client), logging to this machine's server.
+        # task there (pipelines.cluster.connect.through_ray_client), logging to this machine's server.
         # Evaluate first, then train and tune side by side (a worker each on the three one-CPU
         # nodes, one CPU left for reading). All three at once hung here until the timeout:
         # the evaluation's actors took the CPU the others' Ray Data reads were waiting for.
@@ -278,7 +278,7 @@ def run_clients(commands: list[list[str]], address: str, env: dict, logs: Path) 
 
 def test_ray_client_retries_only_while_the_head_cannot_start_a_client_server(monkeypatch):
     """Both start failures seen right after a head started are retried; any other refusal is not."""
-    from pipelines import ray_cluster
+    from pipelines.cluster import connect as ray_cluster
 
     zombie = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \"proxier.py\", "
               "line 396, in start_specific_server\npsutil.ZombieProcess: PID still exists but it's a zombie")

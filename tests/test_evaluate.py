@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from pipelines.classifier import features_and_logits, load_classifier, train_classifier
 from pipelines.cli import app
-from pipelines.evaluate import draw_samples, evaluate, read_rows
+from pipelines.evaluate import draw_samples, evaluate
+from wgan.data.rows import read_rows
 from pipelines.train import train
 from wgan.config import RunSettings, TrainConfig
 from wgan.data.reader import ShardReader, pixels_to_tensor
@@ -129,7 +130,7 @@ def random_inception_weights(directory: Path) -> Path:
 def test_inception_features_on_ray_data_match_torchmetrics(ray_session, tmp_path):
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    from pipelines.batch_inference import embed_shards, inception_extractor
+    from pipelines.cluster.batch_inference import embed_shards, inception_extractor
     from pipelines.prepare import prepare
     from wgan.data.manifest import load_manifest, shard_paths
 
@@ -149,7 +150,7 @@ def test_inception_features_on_ray_data_match_torchmetrics(ray_session, tmp_path
 
 
 def test_inception_weights_are_checked_before_anything_runs(tmp_path):
-    from pipelines.batch_inference import inception_extractor
+    from pipelines.cluster.batch_inference import inception_extractor
 
     with pytest.raises(UserError, match="no Inception weights at"):
         inception_extractor(str(tmp_path / "missing.pth"))
@@ -166,11 +167,11 @@ def test_a_conditional_sample_has_the_label_of_its_row_on_every_path(ray_session
     model as `evaluate` calls it, through a checkpoint, and in-process (`draw_samples`). Three classes
     and n past one Ray Data batch (BATCH) and one in-process chunk (FEATURE_BATCH), neither a multiple
     of 3, so a batch that labelled its rows by their index within it would draw other classes."""
-    from pipelines.batch_inference import (BATCH, checkpoint_generator, classifier_extractor, latents,
+    from pipelines.cluster.batch_inference import (BATCH, checkpoint_generator, classifier_extractor, latents,
                                            logged_generator, sample_and_embed)
     from pipelines.classifier import FEATURE_BATCH
     from pipelines.prepare import prepare
-    from pipelines.sample import load_generator
+    from pipelines.tracking import load_generator
     from tests.data_formats import random_images
     from wgan import checkpoint as ckpt
     from wgan.classifier import Classifier, ClassifierSpec

@@ -188,7 +188,7 @@ def test_mlflow_kubernetes_manifests_reference_their_secrets():
 
 
 def test_server_settings_default_to_loopback_a_database_and_served_artifacts(tmp_path):
-    from pipelines.server import ServerSettings, exposure_warning, server_command
+    from pipelines.tracking.server import ServerSettings, exposure_warning, server_command
     from wgan.errors import UserError
 
     settings = ServerSettings().resolved(tmp_path)

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from pipelines.classifier import train_classifier
 from pipelines.cli import app
 from pipelines.train import train
+from pipelines.search_space import SweepSettings
 from pipelines.tune import tune_sweep
 from tests.object_store import bucket_keys, new_bucket
 from tests.processes import TrackingServer
@@ -148,9 +149,10 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
     assert f"data/fm/reference/classifier-{classifier_run}.npz" in bucket_keys(bucket, "data/fm/reference/")
 
     # tune: trials checkpoint into the bucket, Tune keeps its state there, the best is registered.
-    sweep = tune_sweep(data, trials=2, steps=4, reports=2, scheduler="none", experiment="s3-tune",
-                       register="wgan-s3", storage_path=f"{bucket}/sweeps", classifier_run=classifier_run,
-                       base=TrainConfig(**TINY), objective_samples=64, search_seed=0)
+    sweep = tune_sweep(data, sweep=SweepSettings(trials=2, steps=4, reports=2, scheduler="none", objective_samples=64,
+                                                 seed=0),
+                       experiment="s3-tune", register="wgan-s3", storage_path=f"{bucket}/sweeps",
+                       classifier_run=classifier_run, base=TrainConfig(**TINY))
     assert sweep.registered_version == "1" and sweep.best_run_id
     assert all(row["status"] == "finished" for row in sweep.trials), sweep.trials
     sweep_keys = bucket_keys(bucket, "sweeps/")

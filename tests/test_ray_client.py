@@ -1,4 +1,4 @@
-"""The Ray Client hop (`pipelines.ray_cluster.through_ray_client`) sends a stage's whole call.
+"""The Ray Client hop (`pipelines.cluster.connect.through_ray_client`) sends a stage's whole call.
 
 The remote run itself is the cluster test's (tests/test_cluster.py runs every stage through
 ray://); here the submission is caught before it connects, to check what it would send.
@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from pipelines import ray_cluster
+from pipelines.cluster import connect as ray_cluster
 from pipelines.evaluate import evaluate
 from pipelines.prepare import prepare
 from pipelines.train import train

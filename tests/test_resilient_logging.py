@@ -13,7 +13,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from pipelines.resilient_logging import LOST_TAG, OUTAGE_TAG, BufferedMlflowClient, TrackingOutageWarning
+from pipelines.tracking.resilient_logging import LOST_TAG, OUTAGE_TAG, BufferedMlflowClient, TrackingOutageWarning
 from tests.processes import TrackingServer, port_open
 
 pytestmark = pytest.mark.slow

@@ -239,7 +239,7 @@ def test_a_worker_error_fails_the_run_with_its_logging_sent_and_its_checkpoints_
     """A worker that raises (the test hook WGANCTL_TEST_FAIL_AT_STEP: step 11, after the log at
     10 and the checkpoint at 8): the run ends FAILED with that error, every step logged before
     it is in MLflow, nothing from the failed step on, and checkpoint 8 is still there."""
-    from pipelines.resilient_logging import LOST_TAG
+    from pipelines.tracking.resilient_logging import LOST_TAG
 
     monkeypatch.setenv("WGANCTL_TEST_FAIL_AT_STEP", "11")
     cfg = TrainConfig(loss="wgan-gp", steps=20, width=8, z_dim=16, batch=16, n_critic=1)
@@ -291,7 +291,7 @@ def _log_steps(buffered, run_id: str, steps: range) -> None:
 def test_a_raising_worker_loop_sends_its_queued_logging_before_the_error_goes_on(mlflow_store):
     """The guard around the worker loop: with a server that takes 0.2 s a request, what was
     queued when the loop raised is in MLflow by the time the error leaves it, unchanged."""
-    from pipelines.resilient_logging import LOST_TAG, BufferedMlflowClient
+    from pipelines.tracking.resilient_logging import LOST_TAG, BufferedMlflowClient
     from pipelines.train_worker import flushed_on_error
 
     client = MlflowClient()
@@ -313,7 +313,7 @@ def test_a_raising_worker_loop_waits_for_mlflow_only_so_long_and_tags_what_it_ga
     the error goes on after the bound (plus the lost tag's grace) and the run names what it lacks."""
     import re
 
-    from pipelines.resilient_logging import LOST_TAG, OUTCOME_GRACE_S, BufferedMlflowClient, TrackingOutageWarning
+    from pipelines.tracking.resilient_logging import LOST_TAG, OUTCOME_GRACE_S, BufferedMlflowClient, TrackingOutageWarning
     from pipelines.train_worker import flushed_on_error
 
     client = MlflowClient()

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from pipelines.classifier import train_classifier
 from pipelines.cli import app
-from pipelines.run_tags import TRIAL_ID as TRIAL_TAG
+from pipelines.tracking.run_tags import TRIAL_ID as TRIAL_TAG
+from pipelines.search_space import SweepSettings
 from pipelines.tune import pbt_interval, tune_sweep
 from wgan import checkpoint as ckpt
 from wgan.config import TrainConfig
@@ -54,9 +55,10 @@ def test_asha_stops_weak_trials_survives_a_diverging_one_and_registers_the_best(
     # untrained generator's, far from the data); one whose lr makes Adam blow the critic
     # up at its second step (seen: non-finite at step 2).
     space.write_text("lr: {grid: [1.0e-3, 1.0e-9, 1.0e+4]}\nn_critic: 1\n")
-    result = tune_sweep(tiny_dataset, trials=1, space_file=str(space), scheduler="asha", steps=12, reports=3,
-                        experiment="sweep", register="best-generator", classifier_run=classifier_run,
-                        objective_samples=200, base=TrainConfig(width=8, z_dim=16, batch=16),
+    result = tune_sweep(tiny_dataset, sweep=SweepSettings(trials=1, scheduler="asha", steps=12, reports=3,
+                                                          objective_samples=200),
+                        space_file=str(space), experiment="sweep", register="best-generator",
+                        classifier_run=classifier_run, base=TrainConfig(width=8, z_dim=16, batch=16),
                         storage_path=str(tmp_path / "ray"))
 
     by_lr = sorted(result.trials, key=lambda row: row["lr"])
@@ -187,10 +189,10 @@ def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint_with_its_learni
     # it ranks both and restarts the weaker from the stronger one's checkpoint, whichever
     # reported first.
     space.write_text("lr: {choice: [1.0e-3, 1.0e-9]}\nn_critic: 1\n")
-    result = tune_sweep(tiny_dataset, trials=2, space_file=str(space), scheduler="pbt", steps=15, reports=3,
-                        max_concurrent=2, experiment="pbt", classifier_run=classifier_run, objective_samples=200,
-                        base=TrainConfig(width=8, z_dim=16, batch=16), storage_path=str(tmp_path / "ray"),
-                        search_seed=1)
+    result = tune_sweep(tiny_dataset, sweep=SweepSettings(trials=2, scheduler="pbt", steps=15, reports=3,
+                                                          max_concurrent=2, objective_samples=200, seed=1),
+                        space_file=str(space), experiment="pbt", classifier_run=classifier_run,
+                        base=TrainConfig(width=8, z_dim=16, batch=16), storage_path=str(tmp_path / "ray"))
 
     client = MlflowClient()
     runs = children(client, result.parent_run_id)
@@ -225,7 +227,7 @@ def test_pbt_perturbs_about_every_quarter_of_a_trial_but_never_at_its_last_repor
 
 def test_steps_that_do_not_split_into_reports_are_refused_with_multiples_that_do(tiny_dataset, mlflow_store):
     with pytest.raises(UserError, match=r"--steps \(200\) must be a multiple of --reports \(16\), e.g. 192 or 208"):
-        tune_sweep(tiny_dataset, steps=200, reports=16)
+        tune_sweep(tiny_dataset, sweep=SweepSettings(steps=200, reports=16))
 
 
 def test_asha_replay_applies_ray_tunes_stop_rule_to_trials_run_one_after_another():
@@ -246,7 +248,7 @@ def test_pbt_needs_a_knob_it_can_perturb(tiny_dataset, mlflow_store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("loss: {choice: [wgan, wgan-gp]}\nlambda_gp: {uniform: [1, 10]}\n")  # lambda exists for one loss
     with pytest.raises(UserError, match="--scheduler pbt needs a range or choice"):
-        tune_sweep(tiny_dataset, space_file=str(space), scheduler="pbt")
+        tune_sweep(tiny_dataset, space_file=str(space), sweep=SweepSettings(scheduler="pbt"))
     space.write_text("lr: {loguniform: [1.0e-5, 1.0e-3]}\n")
     with pytest.raises(UserError, match="--scheduler pbt needs --reports 3 or more"):
-        tune_sweep(tiny_dataset, space_file=str(space), scheduler="pbt", reports=2, steps=10)
+        tune_sweep(tiny_dataset, space_file=str(space), sweep=SweepSettings(scheduler="pbt", reports=2, steps=10))

@@ -1,4 +1,7 @@
-"""MLflow run layout of a training run (docs/architecture.md, section 3)."""
+"""What the stages share in MLflow: the run layout of a training run (docs/architecture.md,
+section 3), written here, with its tag names (`run_tags`), rank 0's outage-proof client
+(`resilient_logging`), the logged generator model (`generator_model`) and the tracking server
+of `wganctl server` (`server`)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import wgan
 from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
-from pipelines import run_tags
+from pipelines.tracking import run_tags
 
 MODEL_NAME = "generator"
 CONFIG_FILE = "config.json"  # the run's TrainConfig, whole
@@ -144,7 +147,7 @@ def log_generator_model(run_id: str, payload: dict) -> str:
     """Log the generator of a checkpoint payload as the pyfunc model `generator`."""
     from mlflow.models import infer_signature
 
-    from pipelines import generator_model
+    from pipelines.tracking import generator_model
 
     cfg = TrainConfig.from_dict(payload["config"])
     z = torch.randn(2, cfg.z_dim, generator=torch.Generator().manual_seed(0)).numpy()
@@ -168,3 +171,15 @@ def log_generator_model(run_id: str, payload: dict) -> str:
                 pip_requirements=model_requirements(),
             )
     return info.model_uri
+
+
+def load_generator(run_id: str):
+    """The run's pyfunc generator and its latent size."""
+    get_run(MlflowClient(tracking_uri()), run_id)
+    try:
+        model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
+    except mlflow.exceptions.MlflowException as err:
+        raise UserError(f"run {run_id} has no logged generator ({str(err).splitlines()[0]}): "
+                        f"was its training finished? `wganctl train --resume {run_id}` completes it")
+    z_dim = model.metadata.get_input_schema().inputs[0].shape[-1]
+    return model, z_dim

@@ -34,10 +34,12 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from pipelines.tracking import run_tags
+
 logger = logging.getLogger(__name__)
 
-OUTAGE_TAG = "wganctl.tracking_outage"
-LOST_TAG = "wganctl.tracking_lost"
+OUTAGE_TAG = run_tags.TRACKING_OUTAGE
+LOST_TAG = run_tags.TRACKING_LOST
 # What close() allows the outcome tags beyond its timeout: one small request, and the only
 # record in the run of what was lost.
 OUTCOME_GRACE_S = 5.0

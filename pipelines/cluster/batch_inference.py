@@ -53,7 +53,7 @@ def draw_rows(predict, z: np.ndarray, rows: np.ndarray, num_classes: int) -> np.
 
 
 def model_num_classes(model) -> int:
-    """The class count of a loaded generator pyfunc model (`pipelines.generator_model`; 0:
+    """The class count of a loaded generator pyfunc model (`pipelines.tracking.generator_model`; 0:
     unconditional), read from the model itself: its own config, not what a caller remembers."""
     config = getattr(model.unwrap_python_model(), "config", None)
     if config is None:

@@ -22,7 +22,7 @@ PRECISION = "wganctl.precision"  # what --precision auto became on the workers
 RESUMED_WITH = "wganctl.resumed_with"  # run settings changed by --resume, and at which step
 FAILURE_REASON = "wganctl.failure_reason"
 DIVERGED = "wganctl.diverged"
-TRACKING_OUTAGE = "wganctl.tracking_outage"  # written by pipelines.resilient_logging
+TRACKING_OUTAGE = "wganctl.tracking_outage"  # written by pipelines.tracking.resilient_logging
 TRACKING_LOST = "wganctl.tracking_lost"
 
 # Sweeps and their trials

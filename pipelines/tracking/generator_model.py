@@ -22,7 +22,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     """predict(z: float32 (N, z_dim)) -> uint8 images (N, H, W, C).
 
     ``config`` (the run's resolved TrainConfig) is read by samplers through
-    ``unwrap_python_model()``: `pipelines.batch_inference.model_num_classes` takes the class
+    ``unwrap_python_model()``: `pipelines.cluster.batch_inference.model_num_classes` takes the class
     count from it, so evaluation labels sample i with i % K without being told K.
     """
 
