@@ -70,10 +70,38 @@ class TrialPlumbing:
 
 @dataclass
 class _Resumed:
+    """A run as MLflow holds it, about to be continued."""
+
     cfg: TrainConfig
     data_dir: str
-    settings: RunSettings
-    done: int
+    settings: RunSettings  # as it last ran
+    done: int  # steps in its last checkpoint
+
+    def continued(self, run_id: str, cfg: TrainConfig | None, data_dir: str | None, run: RunSettings | None,
+                  steps: int | None) -> tuple[TrainConfig, str, RunSettings]:
+        """The config (only longer), data and settings to go on with; refuses what would change the run."""
+        if cfg is not None:
+            _refuse_model_changes(run_id, self.cfg, cfg)
+            steps = steps or cfg.steps
+        if self.done and (steps or self.cfg.steps) <= self.done:
+            raise UserError(f"run {run_id} already finished {self.done} steps: pass --steps larger than "
+                            f"{self.done} to continue it")
+        cfg = dataclasses.replace(self.cfg, steps=steps) if steps else self.cfg
+        return cfg, data_dir or self.data_dir, run or self.settings
+
+    def check_storage(self, run_id: str, storage_path: str) -> None:
+        if storage_path != self.settings.storage_path and not checkpoints.run_checkpoints(storage_path, run_id):
+            raise UserError(f"{storage_path} holds no checkpoint of run {run_id} (they are in "
+                            f"{self.settings.storage_path}): copy them there first, or drop --storage-path")
+
+    def record(self, client: MlflowClient, run_id: str, settings: RunSettings) -> None:
+        """Append changed settings to the run's resumed_with tag, rewrite run_settings.json, reopen it."""
+        before, after = self.settings.to_dict(), settings.to_dict()
+        changes = {k: v for k, v in after.items() if before[k] != v}
+        if changes:
+            tracking.record_resume(client, run_id, self.done, changes)
+        tracking.log_run_settings(client, run_id, settings)
+        client.update_run(run_id, status="RUNNING")
 
 
 def _config_for_data(cfg: TrainConfig, manifest: dict) -> TrainConfig:
@@ -120,10 +148,6 @@ def _refuse_model_changes(run_id: str, logged: TrainConfig, given: TrainConfig) 
                         f"continues as it was: drop {'it' if len(changed) == 1 else 'them'}, or start a new run")
 
 
-def _changes(before: RunSettings, after: RunSettings) -> dict:
-    return {k: v for k, v in after.to_dict().items() if before.to_dict()[k] != v}
-
-
 @through_ray_client
 def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: RunSettings | None = None,
           experiment: str = "wganctl", resume: str | None = None, steps: int | None = None,
@@ -139,43 +163,32 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     stage's plumbing (`TrialPlumbing`).
     """
     trial = trial or TrialPlumbing()
-    resumed = None
-    if resume:
-        resumed = _resumed_run(MlflowClient(tracking.tracking_uri()), resume)
-        if cfg is not None:
-            _refuse_model_changes(resume, resumed.cfg, cfg)
-            steps = steps or cfg.steps
-        cfg, data_dir, run = resumed.cfg, data_dir or resumed.data_dir, run or resumed.settings
-        if resumed.done and (steps or cfg.steps) <= resumed.done:
-            raise UserError(f"run {resume} already finished {resumed.done} steps: pass --steps larger than "
-                            f"{resumed.done} to continue it")
-    cfg = cfg or TrainConfig()
-    if steps is not None:
-        cfg = dataclasses.replace(cfg, steps=steps)
+    # --- Check: everything knowable before Ray or an MLflow run starts ------------------------
+    resumed = _resumed_run(MlflowClient(tracking.tracking_uri()), resume) if resume else None
+    if resumed:
+        cfg, data_dir, run = resumed.continued(resume, cfg, data_dir, run, steps)
+    elif steps is not None:
+        cfg = dataclasses.replace(cfg or TrainConfig(), steps=steps)
     run = dataclasses.replace(run or RunSettings()).validate()
     if not data_dir:
         raise UserError("no training data: pass --data DIR (a directory written by `wganctl prepare`)")
     manifest = load_manifest(data_dir, verify=True)
-    cfg = _config_for_data(cfg, manifest).resolved()
+    cfg = _config_for_data(cfg or TrainConfig(), manifest).resolved()
     run.check_fits(cfg)
     run.storage_path = datafs.absolute(run.storage_path or DEFAULT_STORAGE)
-    if resumed and run.storage_path != resumed.settings.storage_path \
-            and not checkpoints.run_checkpoints(run.storage_path, resume):
-        raise UserError(f"{run.storage_path} holds no checkpoint of run {resume} (they are in "
-                        f"{resumed.settings.storage_path}): copy them there first, or drop --storage-path")
+    if resumed:
+        resumed.check_storage(resume, run.storage_path)
     client = MlflowClient(tracking.tracking_uri())  # only now: bad input must not create a store
 
+    # --- Open the MLflow run: a new one, or the resumed one with its new settings recorded ------
     if resumed:
         run_id = resume
-        changes = _changes(resumed.settings, run)
-        if changes:
-            tracking.record_resume(client, run_id, resumed.done, changes)
-        tracking.log_run_settings(client, run_id, run)
-        client.update_run(run_id, status="RUNNING")
+        resumed.record(client, run_id, run)
     else:
         run_id = tracking.start_train_run(client, experiment, cfg, run, data_dir=data_dir, manifest=manifest,
                                           manifest_sha256=manifest_sha256(data_dir),
                                           parent_run_id=trial.parent_run_id, tags=trial.tags)
+    # --- Fit on Ray Train, then log the model from the driver, off the hot path -----------------
     try:
         result = _fit(cfg, run, run_id, data_dir, manifest, trial,
                       address=address, progress=progress, verbose=verbose)
@@ -186,15 +199,22 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
         failures = getattr(err, "worker_failures", None)  # Ray Train's WorkerGroupError: the worker's own error
         cause = failures[min(failures)] if failures else err
         reason = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
-        client.set_tag(run_id, run_tags.FAILURE_REASON, reason)
-        client.set_terminated(run_id, status="FAILED")
+        _fail(client, run_id, reason)
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
+    return _finish(client, run_id, result, run)
 
+
+def _fail(client: MlflowClient, run_id: str, reason: str) -> None:
+    client.set_tag(run_id, run_tags.FAILURE_REASON, reason)
+    client.set_terminated(run_id, status="FAILED")
+
+
+def _finish(client: MlflowClient, run_id: str, result, run: RunSettings) -> TrainResult:
+    """Fail a run that diverged or saved nothing; else log its generator and curves and close it."""
     diverged = client.get_run(run_id).data.tags.get(run_tags.DIVERGED)
     if diverged or result.checkpoint is None:
         reason = f"diverged: {diverged}" if diverged else "no checkpoint was written"
-        client.set_tag(run_id, run_tags.FAILURE_REASON, reason)
-        client.set_terminated(run_id, status="FAILED")
+        _fail(client, run_id, reason)
         raise TrainingFailed(f"training run {run_id} failed ({reason}); the last good checkpoint, if any, "
                              f"is kept in {run.storage_path}/{tracking.ray_run_name(run_id)}")
     saved_at = checkpoints.location(result.checkpoint)
@@ -204,8 +224,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     client.set_tag(run_id, run_tags.COMPLETED_STEPS, str(payload["step"]))
     client.set_terminated(run_id, status="FINISHED")
     artifacts = client.get_run(run_id).info.artifact_uri
-    return TrainResult(run_id=run_id, model_uri=model_uri, steps=payload["step"],
-                       checkpoint_dir=saved_at,
+    return TrainResult(run_id=run_id, model_uri=model_uri, steps=payload["step"], checkpoint_dir=saved_at,
                        final_grid=f"{artifacts}/samples/step_{payload['step']:06d}.png",
                        tracking_uri=tracking.tracking_uri())
 

@@ -112,3 +112,36 @@ def tiny_dataset(tmp_path_factory, ray_session) -> str:
 
     out = tmp_path_factory.mktemp("data") / "fmnist-28"
     return prepare("fashion-mnist", size=28, splits=["train"], limit=512, out=str(out), progress=False).out
+
+
+@pytest.fixture(scope="session")
+def shared_mlflow_store(tmp_path_factory) -> str:
+    """One MLflow sqlite store for the tests that read what a session fixture trained there (the
+    classifier of tiny_dataset); each writes its own runs under an experiment of its own."""
+    return f"sqlite:///{tmp_path_factory.mktemp('shared-mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_dataset, shared_mlflow_store) -> str:
+    """The project classifier of tiny_dataset (one epoch), trained once: its run id in shared_mlflow_store."""
+    from pipelines.classifier import train_classifier
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = shared_mlflow_store
+    try:
+        return train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+
+
+@pytest.fixture
+def mlflow_with_classifier(tiny_classifier, shared_mlflow_store, tmp_path, monkeypatch) -> str:
+    """This test's tracking store is the shared one, which holds tiny_classifier (its run id is
+    returned), in a fresh working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", shared_mlflow_store)
+    assert mlflow.get_tracking_uri() == shared_mlflow_store
+    return tiny_classifier

@@ -31,9 +31,9 @@ EVERY_2 = RunSettings(log_every=2, sample_every=2, checkpoint_every=2)
 N = 200
 
 
-def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_session, mlflow_store, tmp_path):
-    run_id = train(TINY, tiny_dataset, run=EVERY_2, experiment="t", progress=False).run_id
-    classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_session, mlflow_with_classifier, tmp_path):
+    run_id = train(TINY, tiny_dataset, run=EVERY_2, experiment="evaluate", progress=False).run_id
+    classifier_run = mlflow_with_classifier
 
     result = evaluate(run_id, n=N, metrics=("fid", "kid", "pr", "coverage", "is"), classifier_run=classifier_run)
 

@@ -22,7 +22,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from pipelines.classifier import train_classifier
 from pipelines.cli import app
 from pipelines.tracking.run_tags import TRIAL_ID as TRIAL_TAG
 from pipelines.search_space import SweepSettings
@@ -48,8 +47,8 @@ def children(client: MlflowClient, parent_run_id: str) -> list:
 
 
 def test_asha_stops_weak_trials_survives_a_diverging_one_and_registers_the_best(tiny_dataset, ray_session,
-                                                                                mlflow_store, tmp_path):
-    classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+                                                                                mlflow_with_classifier, tmp_path):
+    classifier_run = mlflow_with_classifier
     space = tmp_path / "space.yaml"
     # Run in this order: a trial that learns; a barely-moving one (its samples stay the
     # untrained generator's, far from the data); one whose lr makes Adam blow the critic
@@ -128,12 +127,13 @@ def _registered_checkpoints(storage: Path, run_id: str) -> list[str]:
         return []
 
 
-def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, ray_session, mlflow_store, tmp_path):
-    classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, ray_session, mlflow_with_classifier,
+                                                                  tmp_path):
+    classifier_run = mlflow_with_classifier
     (tmp_path / "space.yaml").write_text("lr: {grid: [1.0e-3, 5.0e-4]}\nn_critic: 1\nz_dim: 16\n")
     command = [str(Path(sys.executable).parent / "wganctl"), "tune", "--data", tiny_dataset, "--trials", "1",
                "--space", "space.yaml", "--scheduler", "none", "--steps", "90", "--reports", "3", "--width", "8",
-               "--batch", "16", "--classifier", classifier_run, "--experiment", "sweep"]
+               "--batch", "16", "--classifier", classifier_run, "--experiment", "sweep-killed"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -144,8 +144,9 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, 
     try:
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None:
-            runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                      filter_string=f"tags.`{TRIAL_TAG}` != ''")
+            experiment = client.get_experiment_by_name("sweep-killed")
+            runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{TRIAL_TAG}` != ''") \
+                if experiment else []
             done = [r for r in runs if r.info.status == "FINISHED"]
             running = [r for r in runs if r.info.status == "RUNNING" and _registered_checkpoints(storage, r.info.run_id)]
             if done and running:
@@ -168,7 +169,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, 
     assert again.exit_code == 0, again.output
     assert "2 trials" in again.output
 
-    runs = client.search_runs([client.get_experiment_by_name("sweep").experiment_id],
+    runs = client.search_runs([client.get_experiment_by_name("sweep-killed").experiment_id],
                               filter_string=f"tags.`{TRIAL_TAG}` != ''")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}  # no trial started twice
     for run in runs:
@@ -182,8 +183,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, 
 
 
 def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint_with_its_learning_rate(
-        tiny_dataset, ray_session, mlflow_store, tmp_path):
-    classifier_run = train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+        tiny_dataset, ray_session, mlflow_with_classifier, tmp_path):
+    classifier_run = mlflow_with_classifier
     space = tmp_path / "space.yaml"
     # Two trials side by side, so PBT is synchronous: at its one perturbation (report 2 of 3)
     # it ranks both and restarts the weaker from the stronger one's checkpoint, whichever
