@@ -150,10 +150,12 @@ def _log(client: MlflowClient, experiment: str, data_dir: str, manifest: dict, p
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sha256 = manifest_sha256(data_dir)
     run = client.create_run(tracking.experiment_id(client, experiment), tags={
-        run_tags.STAGE: STAGE, run_tags.DATA_MANIFEST_SHA256: manifest_sha256(data_dir), run_tags.DATA_DATASET: str(manifest.get("dataset")),
+        run_tags.STAGE: STAGE, run_tags.DATA_MANIFEST_SHA256: sha256, run_tags.DATA_DATASET: str(manifest.get("dataset")),
         run_tags.CODE_VERSION: tracking.code_version(), run_tags.RUN_NAME: f"augment-{params['real_per_class']}-per-class"})
     run_id = run.info.run_id
+    tracking.log_dataset(client, run_id, data_dir, manifest, sha256, context="training")
     for key, value in {**params, "data_dir": data_dir}.items():
         client.log_param(run_id, key, value)
     for arm, (source, _) in arms.items():

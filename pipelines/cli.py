@@ -52,6 +52,14 @@ def user_errors_exit_2(fn):
     return wrapper
 
 
+def echo_ui_hint(run_id: str) -> None:
+    """End a command with the run's MLflow UI URL (and how to start a UI on a local store)."""
+    from pipelines.tracking import ui_hint
+
+    for line in ui_hint(run_id):
+        typer.echo(line)
+
+
 @app.command()
 @user_errors_exit_2
 def prepare(
@@ -145,6 +153,7 @@ def train(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"run {result.run_id}: {result.steps} steps; samples {result.final_grid}; model {result.model_uri}")
+    echo_ui_hint(result.run_id)
 
 
 @app.command()
@@ -206,6 +215,7 @@ def tune(
         typer.echo(f"best trial run {result.best_run_id}: Frechet distance {result.best_objective:.3f} with {result.best_config}")
     if result.registered_version:
         typer.echo(f"registered {register} version {result.registered_version}")
+    echo_ui_hint(result.parent_run_id)
 
 
 @app.command()
@@ -265,6 +275,7 @@ def evaluate(
         typer.echo(f"{name:24s} {value:.6g}")
     extractor = f"classifier run {result.classifier_run}" if result.classifier_run else "InceptionV3"
     typer.echo(f"{extractor}; reference features {result.reference}")
+    echo_ui_hint(result.run_id)
 
 
 @app.command()

@@ -142,6 +142,9 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         results["eval/coverage_min_share"] = float(coverage.shares.min())
 
     _log_evaluation(client, run_id, results, step, tags=tags)
+    # the reference it read; a run that trained on it already has it (MLflow keeps the first context)
+    tracking.log_dataset(client, run_id, data_dir, manifest, run.data.tags[run_tags.DATA_MANIFEST_SHA256],
+                         context="evaluation")
     _log_pictures(client, run_id, images, sample_features, reference.features, data_dir, manifest, coverage)
     return EvaluationResult(run_id=run_id, metrics=results, classifier_run=tags.get("eval.classifier_run"),
                             reference=cache)

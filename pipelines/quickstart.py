@@ -38,5 +38,6 @@ def quickstart(steps: int | None = None, progress: bool = True):
     typer.echo(f"MLflow run:   {result.run_id}  ({result.tracking_uri})")
     typer.echo(f"final grid:   {grid_path}")
     typer.echo(f"more samples: wganctl sample {result.run_id} --n 64 --out samples.png")
-    typer.echo(f"browse runs:  mlflow ui --backend-store-uri {tracking.tracking_uri()}  -> http://127.0.0.1:5000")
+    for line in tracking.ui_hint(result.run_id):
+        typer.echo(line)
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import mlflow
@@ -76,6 +77,9 @@ def test_augment_runs_its_arms_as_ray_tasks_into_one_mlflow_run(labelled_with_te
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["arm.with-gan"] == gan
+    (read,) = run.inputs.dataset_inputs  # the dataset it read
+    assert (read.dataset.name, read.dataset.digest) == ("fashion-mnist-28px", manifest_sha256(labelled_with_test)[:16])
+    assert json.loads(read.dataset.source) == {"uri": labelled_with_test}
     assert run.data.metrics["accuracy/with-wgan-gp/mean"] == pytest.approx(result.summary["with-wgan-gp"][0])
     table = list(csv.DictReader(io.StringIO(mlflow.artifacts.load_text(f"runs:/{result.run_id}/augment.csv"))))
     assert len(table) == 10

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from pipelines.classifier import features_and_logits, load_classifier, train_classifier
 from pipelines.cli import app
 from pipelines.evaluate import draw_samples, evaluate
+from pipelines.tracking import ui_url
 from wgan.data.rows import read_rows
 from pipelines.train import train
 from wgan.config import RunSettings, TrainConfig
@@ -75,6 +76,9 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
     cached_at = os.stat(cache).st_mtime_ns
     cli = CliRunner().invoke(app, ["evaluate", run_id, "--n", str(N), "--metrics", "fid"])
     assert cli.exit_code == 0, cli.output
+    assert cli.stdout.strip().splitlines()[-1] == f"open the run: {ui_url(run_id)}"
+    # the reference it read is the data the run trained on: still the run's one dataset
+    assert [d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs] == ["fashion-mnist-28px"]
     assert os.stat(cache).st_mtime_ns == cached_at
     assert [m.value for m in client.get_metric_history(run_id, "eval/fid")] == pytest.approx([logged["eval/fid"]] * 2)
 

@@ -48,6 +48,9 @@ def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_sessi
     assert (params["image_size"], params["channels"], params["critic_norm"]) == ("28", "1", "layer")
     assert run.data.tags["data.manifest_sha256"] == manifest_sha256(tiny_dataset)
     assert run.data.tags["code.version"]
+    (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]  # the run page's Datasets, the Runs table's column
+    assert (dataset.name, dataset.digest) == ("fashion-mnist-28px", manifest_sha256(tiny_dataset)[:16])
+    assert json.loads(dataset.source) == {"uri": tiny_dataset} and json.loads(dataset.profile)["images"] == 512
     for key in ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_penalty"):
         assert metric_steps(client, result.run_id, key) == [1, 2, 3, 4], key
     assert metric_steps(client, result.run_id, "throughput/images_per_s") == [2, 4]

@@ -6,20 +6,23 @@ of `wganctl server` (`server`)."""
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 import wgan
 from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
+from wgan.data import fs as datafs
 from wgan.errors import UserError
 from pipelines.tracking import run_tags
 
@@ -33,6 +36,37 @@ METRICS = ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_pe
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI if set, else MLflow's default: sqlite:///<cwd>/mlflow.db."""
     return mlflow.get_tracking_uri()
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+# The classic training view: without it MLflow 3 opens an experiment on its GenAI overview.
+UI_VIEW = "workflowType=machine_learning"
+
+
+def _served() -> bool:
+    return urlsplit(tracking_uri()).scheme in ("http", "https")
+
+
+def ui_url(run_id: str, experiment_id: str | None = None) -> str:
+    """The MLflow UI page of the run, in the training view: on the tracking server when
+    MLFLOW_TRACKING_URI is one (user and password left out), else on a local `mlflow ui`.
+    ``experiment_id``: the run's, when the caller has it (else read from the store)."""
+    if experiment_id is None:
+        experiment_id = MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id
+    if _served():
+        parts = urlsplit(tracking_uri())
+        base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
+                           parts.path.rstrip("/"), "", ""))
+    else:
+        base = LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+
+
+def ui_hint(run_id: str, experiment_id: str | None = None) -> list[str]:
+    """The lines a command ends with: the run's UI URL, after the command that starts a UI
+    on this store when the store is local (a path or sqlite:///)."""
+    start = [] if _served() else [f"start the UI: mlflow ui --backend-store-uri {shlex.quote(tracking_uri())}"]
+    return [*start, f"open the run: {ui_url(run_id, experiment_id)}"]
 
 
 def code_version() -> str:
@@ -85,7 +119,65 @@ def start_train_run(client: MlflowClient, experiment: str, cfg: TrainConfig, set
     client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
     client.log_text(run_id, cfg.to_json(), CONFIG_FILE)
     log_run_settings(client, run_id, settings)
+    log_dataset(client, run_id, data_dir, manifest, manifest_sha256, context="training")
     return run_id
+
+
+# MLflow keeps at most 36 characters of a dataset digest; the whole sha256 is the run's
+# data.manifest_sha256 tag.
+DATASET_DIGEST_CHARS = 16
+
+
+class PreparedDataset(MetaDataset):
+    """MetaDataset with the profile it leaves out."""
+
+    def __init__(self, profile: dict, **kwargs):
+        self._profile = profile
+        super().__init__(**kwargs)
+
+    @property
+    def profile(self) -> dict:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": json.dumps(self._profile)}
+
+
+def dataset_name(manifest: dict) -> str:
+    """A prepared dataset's name in MLflow: ``fashion-mnist-28px``."""
+    return f"{manifest.get('dataset')}-{manifest['size']}px"
+
+
+def prepared_dataset(data_dir: str, manifest: dict, manifest_sha256: str):
+    """The prepared dataset at ``data_dir`` as an MLflow dataset (docs/architecture.md, section 3):
+    its location as the source, the parquet schema and the manifest's counts as the profile."""
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json, resolve_dataset_source
+    from mlflow.types import ColSpec, DataType, Schema
+
+    location = datafs.absolute(data_dir)
+    scheme = urlsplit(location).scheme if datafs.is_uri(location) else "local"
+    scheme = {"file": "local", "gcs": "gs"}.get(scheme, scheme)  # pyarrow's spellings, MLflow's names
+    try:  # the artifact-repository source of that scheme, chosen by name: the resolver warns on local paths
+        source = get_dataset_source_from_json(json.dumps({"uri": location}), source_type=scheme)
+    except mlflow.exceptions.MlflowException:
+        source = resolve_dataset_source(location)
+    schema = Schema([ColSpec(DataType.binary, "image"), ColSpec(DataType.long, "label"),
+                     ColSpec(DataType.string, "split")])
+    profile = {"images": manifest["count"], "classes": len(manifest.get("class_names") or []),
+               "splits": manifest["splits"], "image_size": manifest["size"], "channels": manifest["channels"]}
+    return PreparedDataset(profile, source=source, name=dataset_name(manifest),
+                           digest=manifest_sha256[:DATASET_DIGEST_CHARS], schema=schema)
+
+
+def log_dataset(client: MlflowClient, run_id: str, data_dir: str, manifest: dict, manifest_sha256: str, *,
+                context: str) -> None:
+    """Log the prepared dataset as an input of the run (the Runs table's Dataset column). MLflow
+    keeps one input per dataset and run: a run that already has this one keeps its first context."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = prepared_dataset(data_dir, manifest, manifest_sha256)._to_mlflow_entity()
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
 
 def log_run_settings(client: MlflowClient, run_id: str, settings: RunSettings) -> None:
@@ -157,9 +249,7 @@ def log_generator_model(run_id: str, payload: dict) -> str:
         torch.save({"config": payload["config"], "generator": ckpt.sampling_state(payload),
                     "step": payload["step"]}, weights)
         example_out = np.zeros((2, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8)
-        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
-            # MLflow asks for type hints on predict(); the explicit signature below is the contract.
-            warnings.filterwarnings("ignore", message=".*type hints.*")
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=generator_model.__file__,
