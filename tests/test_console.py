@@ -62,8 +62,8 @@ def test_a_train_run_shows_its_prepared_dataset(mlflow_store, tmp_path):
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(manifest))
     data_dir, sha256 = str(tmp_path / "data"), manifest_sha256(str(tmp_path / "data"))
     client = MlflowClient()
-    run_id = tracking.start_train_run(client, "t", TrainConfig().resolved(), RunSettings(), data_dir=data_dir,
-                                      manifest=manifest, manifest_sha256=sha256)
+    run_id = tracking.start_train_run(client, "t", TrainConfig(image_size=28, channels=1).resolved(), RunSettings(),
+                                      data_dir=data_dir, manifest=manifest, manifest_sha256=sha256)
 
     (logged,) = client.get_run(run_id).inputs.dataset_inputs
     dataset = logged.dataset
