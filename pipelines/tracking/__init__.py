@@ -63,7 +63,10 @@ def resolve_run_id(client: MlflowClient, ref: str) -> str:
                         f"models:/NAME/VERSION or a run id")
     try:
         version = client.get_model_version_by_alias(name, alias) if at else client.get_model_version(name, alias)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as err:
+        # unknown name or version: RESOURCE_DOES_NOT_EXIST; unknown alias: INVALID_PARAMETER_VALUE (sqlite store)
+        if err.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
         what = f"alias {alias!r}" if at else f"version {alias}"
         raise UserError(f"no registered model {name!r} with {what} in {tracking_uri()}: check the name and "
                         f"{'alias' if at else 'version'} (`wganctl tune --register {name}` registers one, "
