@@ -28,6 +28,8 @@ app = typer.Typer(
 
 
 ADDRESS_HELP = "Ray cluster address: host:port, auto or ray://host:10001 (default: RAY_ADDRESS, else a local Ray)"
+RUN_HELP = ("MLflow run id of a training run, or a registered version of its generator: models:/NAME@ALIAS "
+            "(e.g. models:/NAME@champion after `tune --register NAME`) or models:/NAME/VERSION")
 
 
 @app.callback()
@@ -159,7 +161,7 @@ def train(
 @app.command()
 @user_errors_exit_2
 def sample(
-    run_id: str = typer.Argument(..., help="MLflow run id of a training run"),
+    run_id: str = typer.Argument(..., help=RUN_HELP),
     n: int = typer.Option(64, "--n", help="number of images"),
     out: Path = typer.Option(Path("samples.png"), "--out", help="FILE.png (a grid) or FILE.npy (uint8 N x H x W x C)"),
     seed: int = typer.Option(0, "--seed", help="latent seed"),
@@ -174,7 +176,7 @@ def sample(
 @app.command()
 @user_errors_exit_2
 def interpolate(
-    run_id: str = typer.Argument(..., help="MLflow run id of a training run"),
+    run_id: str = typer.Argument(..., help=RUN_HELP),
     out: Path = typer.Option(Path("interpolation.png"), "--out", help="output PNG"),
     rows: int = typer.Option(8, "--rows", help="interpolation paths"),
     steps: int = typer.Option(10, "--steps", help="images per path"),
@@ -197,6 +199,8 @@ def tune(
     classifier: Optional[str] = typer.Option(None, "--classifier", help="MLflow run id of the classifier whose features score samples"),
     experiment: str = typer.Option("wganctl-tune", "--experiment", help="MLflow experiment"),
     register: Optional[str] = typer.Option(None, "--register", help="register the best generator under this model name"),
+    alias: Optional[str] = typer.Option(None, "--alias", help="with --register: the alias set on the new version, "
+                                        "models:/NAME@ALIAS then names it (default: champion)"),
     resume: bool = typer.Option(False, "--resume", help="continue the experiment's interrupted sweep"),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="trial checkpoints and Tune's state: local dir, s3://, shared FS (./ray_results)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
@@ -205,16 +209,19 @@ def tune(
     """Sweep WGAN knobs on Ray Tune; every trial is a train run nested under one MLflow sweep run."""
     from pipelines.tune import tune_sweep
 
+    if alias is not None and not register:
+        raise UserError(f"--alias {alias} names the version that --register registers: add --register NAME, or drop --alias")
+    alias = alias or "champion"
     base = TrainConfig(**{k: v for k, v in {"width": width, "batch": batch}.items() if v is not None})
     sweep = SweepSettings(**{k: v for k, v in knob_values.items() if v is not None})
     result = tune_sweep(data, sweep=sweep, space_file=str(space) if space else None, base=base,
-                        experiment=experiment, register=register, resume=resume, classifier_run=classifier,
+                        experiment=experiment, register=register, alias=alias, resume=resume, classifier_run=classifier,
                         storage_path=storage_path, address=address)
     typer.echo(f"sweep run {result.parent_run_id}: {len(result.trials)} trials")
     if result.best_run_id:
         typer.echo(f"best trial run {result.best_run_id}: Frechet distance {result.best_objective:.3f} with {result.best_config}")
     if result.registered_version:
-        typer.echo(f"registered {register} version {result.registered_version}")
+        typer.echo(f"registered {register} version {result.registered_version} as models:/{register}@{alias}")
     echo_ui_hint(result.parent_run_id)
 
 
@@ -254,7 +261,7 @@ def train_classifier(
 @app.command()
 @user_errors_exit_2
 def evaluate(
-    run_id: str = typer.Argument(..., help="MLflow run id of a training run"),
+    run_id: str = typer.Argument(..., help=RUN_HELP),
     n: int = typer.Option(10000, "--n", help="number of samples"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated: fid, kid, pr, coverage, is (default fid,kid,pr,coverage; with inception fid,kid,pr,is)"),
     features: str = typer.Option("classifier", "--features", help="classifier (the project classifier, offline) or inception (InceptionV3, numbers comparable with papers)"),
@@ -281,7 +288,8 @@ def evaluate(
 @app.command()
 @user_errors_exit_2
 def compare(
-    run_ids: List[str] = typer.Argument(..., help="MLflow run ids of evaluated runs"),
+    run_ids: List[str] = typer.Argument(..., help="evaluated runs: MLflow run ids or models:/NAME@ALIAS, "
+                                        "models:/NAME/VERSION (the registered version's run)"),
     out: Optional[Path] = typer.Option(None, "--out", help="FILE.png: the runs' eval grids side by side"),
 ) -> None:
     """Print a table of runs' eval metrics and, with --out, put their sample grids side by side."""

@@ -58,6 +58,9 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
              gpu: bool | None = None) -> EvaluationResult:
     """Sample ``n`` images from run ``run_id``'s generator, compute ``metrics`` against its training data, log them.
 
+    ``run_id``: a run id, or a registered version's ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
+    URI, which names (and logs into) that version's source run.
+
     ``features``: ``classifier`` (the project classifier, offline) or ``inception`` (InceptionV3
     as the literature uses it, from the local ``inception_weights`` file). ``address``: the Ray
     cluster to sample and embed on (default RAY_ADDRESS, else a local Ray); ``gpu``: one GPU per
@@ -80,6 +83,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
                         "weights-inception-2015-12-05-6726825d.pth, downloaded where a network exists")
     client = MlflowClient(tracking.tracking_uri())
     run = tracking.get_run(client, run_id)
+    run_id = run.info.run_id  # a models:/ URI names its version's source run: evaluate logs there
     if run.data.tags.get(run_tags.STAGE) != "train":
         raise UserError(f"MLflow run {run_id} is not a wganctl training run: give the id of one")
     data_dir = run.data.params["data_dir"]
@@ -297,7 +301,8 @@ def _class_histogram(coverage, class_names: list[str]):
 
 
 def compare(run_ids: list[str], out: str | Path | None = None) -> tuple[str, Path | None]:
-    """A text table of the runs' latest eval metrics and, with ``out``, their eval grids side by side in one PNG."""
+    """A text table of the runs' latest eval metrics and, with ``out``, their eval grids side by side in one PNG.
+    Each of ``run_ids`` is a run id or a ``models:/`` URI (its version's source run)."""
     if not run_ids:
         raise UserError("give at least one run id")
     client = MlflowClient(tracking.tracking_uri())

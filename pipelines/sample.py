@@ -1,7 +1,8 @@
 """Sampling from a logged generator: grids, arrays and latent interpolations.
 
 Works from the MLflow model alone (docs/architecture.md, section 3), so it runs
-on a machine that never saw the training.
+on a machine that never saw the training. A run is named by its id or by a registered
+version's ``models:/`` URI (`pipelines.tracking.resolve_run_id`).
 """
 
 from __future__ import annotations
@@ -33,13 +34,17 @@ def save_images(images: np.ndarray, out: str | Path, nrow: int | None = None) ->
 
 
 def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | None = None) -> Path:
+    """``n`` images of run ``run_id``'s generator (a run id, or a ``models:/NAME@ALIAS`` /
+    ``models:/NAME/VERSION`` URI: its source run) into ``out``."""
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
     if Path(out).suffix not in (".png", ".npy"):
         raise UserError(f"unsupported output {Path(out).name}: use a .png (grid) or .npy (uint8 N x H x W x C) file")
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    run_id = tracking.resolve_run_id(client, run_id)
     model, z_dim = tracking.load_generator(run_id)
     if label is not None:
-        classes = int(mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id).data.params.get("num_classes", 0))
+        classes = int(client.get_run(run_id).data.params.get("num_classes", 0))
         if not classes:
             raise UserError(f"run {run_id} is not class-conditional: drop --class, or train with --conditional")
         if not 0 <= label < classes:

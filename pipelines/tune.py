@@ -238,13 +238,14 @@ def pbt_mutations(space: dict[str, Any]) -> dict[str, Any]:
 @through_ray_client
 def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file: str | None = None,
                base: TrainConfig | None = None, experiment: str = "wganctl-tune", register: str | None = None,
-               resume: bool = False, classifier_run: str | None = None, storage_path: str | None = None,
+               alias: str = "champion", resume: bool = False, classifier_run: str | None = None, storage_path: str | None = None,
                address: str | None = None) -> TuneResult:
     """Sweep train options on ``data_dir``; returns the trials table and the best trial.
 
     ``sweep`` says how (`SweepSettings`); ``base`` is the config every trial starts from,
     which the space's knobs override. A seeded sweep (``sweep.seed``) draws the same trials
-    from the same space every time."""
+    from the same space every time. ``register``: the model name the best trial's generator is
+    registered under, with ``alias`` set on the new version (`models:/NAME@ALIAS` names it)."""
     sweep = sweep or SweepSettings()
     trials, scheduler, steps, reports = sweep.trials, sweep.scheduler, sweep.steps, sweep.reports
     trial_workers, gpus_per_trial, max_concurrent = sweep.trial_workers, sweep.gpus_per_trial, sweep.max_concurrent
@@ -256,6 +257,8 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
         below, above = steps - steps % reports, steps - steps % reports + reports
         raise UserError(f"--steps ({steps}) must be a multiple of --reports ({reports}), e.g. {below} or {above}: "
                         f"the objective is computed every steps/reports steps")
+    if register:
+        _check_registry_names(register, alias)
     param_space = to_param_space(load_space(space_file))
     if scheduler == "pbt" and reports < 3:
         raise UserError(f"--scheduler pbt needs --reports 3 or more (a perturbation before the last report), got {reports}")
@@ -316,7 +319,7 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
     grid = tuner.fit()
-    return _summarise(client, grid, parent_run_id, experiment, register, storage_path, reports)
+    return _summarise(client, grid, parent_run_id, experiment, register, alias, storage_path, reports)
 
 
 def _latest_classifier(client: MlflowClient, data_dir: str) -> str:
@@ -357,7 +360,7 @@ def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: s
 
 
 def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, register: str | None,
-               storage_path: str, total_reports: int) -> TuneResult:
+               alias: str, storage_path: str, total_reports: int) -> TuneResult:
     children: dict[str, Any] = {}
     for run in client.search_runs([tracking.experiment_id(client, experiment)],
                                   filter_string=f"tags.`{run_tags.PARENT_RUN}` = '{parent_run_id}'",
@@ -388,7 +391,8 @@ def _summarise(client: MlflowClient, grid, parent_run_id: str, experiment: str, 
         client.set_tag(parent_run_id, run_tags.BEST_RUN, best_row["run_id"])
         client.log_metric(parent_run_id, f"best/{objective.METRIC}", best_row["objective"])
         if register:
-            version = _register(client, best_row["run_id"], register, storage_path)
+            version = _register(client, best_row["run_id"], register, alias, storage_path)
+            client.set_tag(parent_run_id, run_tags.REGISTERED_ALIAS, f"{tracking.MODEL_URI_PREFIX}{register}@{alias}")
     client.set_terminated(parent_run_id, status="FINISHED")
     config = {k: v for k, v in best_row.items() if k not in ("run_id", "status", "reports", "objective")} if best_row else {}
     return TuneResult(parent_run_id, best_row["run_id"] if best_row else None,
@@ -448,8 +452,21 @@ def _log_table(client: MlflowClient, parent_run_id: str, rows: list[dict[str, An
     plt.close(fig)
 
 
-def _register(client: MlflowClient, run_id: str, name: str, storage_path: str) -> str:
-    """Register the best trial's generator; a trial stopped early gets its model logged from its checkpoint first."""
+def _check_registry_names(name: str, alias: str) -> None:
+    """Refuse a model name or alias the registry would refuse, before the sweep rather than after it."""
+    from mlflow.utils import validation
+
+    try:
+        validation._validate_model_name(name)
+        validation._validate_model_alias_name(alias)
+        validation._validate_model_alias_name_reserved(alias)
+    except mlflow.exceptions.MlflowException as err:
+        raise UserError(f"--register {name} --alias {alias}: {err.message.splitlines()[0]}")
+
+
+def _register(client: MlflowClient, run_id: str, name: str, alias: str, storage_path: str) -> str:
+    """Register the best trial's generator and point ``alias`` at the new version; a trial
+    stopped early gets its model logged from its checkpoint first."""
     import mlflow
 
     if not any(m.name == tracking.MODEL_NAME for m in client.search_logged_models(
@@ -460,4 +477,5 @@ def _register(client: MlflowClient, run_id: str, name: str, storage_path: str) -
             raise TrainingFailed(f"best trial {run_id} has no checkpoint to register")
         tracking.log_generator_model(run_id, checkpoints.load(saved[-1]))
     version = mlflow.register_model(f"runs:/{run_id}/{tracking.MODEL_NAME}", name)
+    client.set_registered_model_alias(name, alias, version.version)
     return version.version

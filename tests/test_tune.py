@@ -95,6 +95,19 @@ def test_asha_stops_weak_trials_survives_a_diverging_one_and_registers_the_best(
     images = model.predict(np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32))
     assert images.shape == (3, 28, 28, 1)
 
+    # the new version carries the alias, and models:/NAME@ALIAS works where a run id does
+    assert version.aliases == ["champion"]
+    assert client.get_model_version_by_alias("best-generator", "champion").version == result.registered_version
+    assert parent.data.tags["wganctl.registered_alias"] == "models:/best-generator@champion"
+    sampled = CliRunner().invoke(app, ["sample", "models:/best-generator@champion", "--n", "3",
+                                       "--out", str(tmp_path / "champion.npy")])
+    assert sampled.exit_code == 0, sampled.output
+    assert np.load(tmp_path / "champion.npy").shape == (3, 28, 28, 1)
+    unknown = CliRunner().invoke(app, ["sample", "models:/best-generator@nosuch", "--n", "3",
+                                       "--out", str(tmp_path / "nosuch.npy")])
+    assert unknown.exit_code == 2 and len(unknown.output.strip().splitlines()) == 1, unknown.output
+    assert "alias 'nosuch'" in unknown.output and not (tmp_path / "nosuch.npy").exists()
+
 
 def _processes_of(driver_pid: int) -> set[int]:
     """The driver, everything it started (its local Ray: GCS, raylet, workers) and its session."""

@@ -32,3 +32,4 @@ TRIAL_ID = "wganctl.trial_id"
 EARLY_STOPPED = "wganctl.early_stopped"
 PBT_DONOR = "wganctl.pbt_donor_run"
 PBT_EXPLOITED = "wganctl.pbt_exploited"
+REGISTERED_ALIAS = "wganctl.registered_alias"  # --register NAME --alias A: models:/NAME@A, the best trial's version
