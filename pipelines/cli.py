@@ -6,6 +6,7 @@ Each command parses its options, calls one function of `pipelines.*`, and turns 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import sys
@@ -118,8 +119,6 @@ def _resumed_train_settings(resume: str, values: dict[str, dict]) -> "RunSetting
                         f"(--workers, --gpu, --precision, the intervals and --storage-path may change)")
     if not values["RunSettings"]:
         return None
-    import dataclasses
-
     return dataclasses.replace(logged_run_settings(resume), **values["RunSettings"])
 
 

@@ -130,6 +130,33 @@ class TrackingServer:
         return sorted(Path(f["path"]).name for f in listing.get("files", []))
 
 
+class InBackground:
+    """``fn(*args, **kwargs)`` on a thread, so a test can act on the run it starts (kill its workers)
+    while it trains; `result` waits for it and returns its value, or raises its error."""
+
+    def __init__(self, fn, *args, **kwargs):
+        import threading
+
+        self._outcome: dict = {}
+
+        def call() -> None:
+            try:
+                self._outcome["value"] = fn(*args, **kwargs)
+            except BaseException as err:  # noqa: BLE001 - handed to the test by result()
+                self._outcome["error"] = err
+
+        self._thread = threading.Thread(target=call, daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float):
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"still running after {timeout:g} s")
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["value"]
+
+
 def train_worker_pids() -> list[int]:
     """PIDs of this machine's Ray Train worker processes (what a killed-worker test kills)."""
     pids = []

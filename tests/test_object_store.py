@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import boto3
@@ -27,7 +26,7 @@ from pipelines.search_space import SweepSettings
 from pipelines.tune import tune_sweep
 from tests.object_store import bucket_keys, new_bucket
 from tests.processes import TrackingServer
-from tests.processes import train_worker_pids
+from tests.processes import InBackground, train_worker_pids
 from wgan.config import RunSettings, TrainConfig
 from wgan.data.manifest import load_manifest
 
@@ -106,10 +105,7 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
     cfg = TrainConfig(loss="wgan-gp", steps=60, **TINY)
     settings = RunSettings(workers=2, log_every=2, sample_every=30, checkpoint_every=10, storage_path=storage,
                            max_failures=1)
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=train(
-        cfg, data, run=settings, experiment="s3", progress=False)))
-    thread.start()
+    training = InBackground(train, cfg, data, run=settings, experiment="s3", progress=False)
     client = MlflowClient()
     deadline = time.time() + 300
     run_id = None
@@ -125,8 +121,7 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
     assert len(pids) == 2, pids
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    thread.join(timeout=400)
-    result = outcome["result"]
+    result = training.result(timeout=400)
     assert result.run_id == run_id and result.steps == 60
     assert result.checkpoint_dir == f"{storage}/wganctl-{run_id}/checkpoint_0000060"
     resumed = [int(m.value) for m in client.get_metric_history(run_id, "train/resumed_from_step")]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 import time
 
 import mlflow
@@ -17,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.processes import train_worker_pids
+from tests.processes import InBackground, train_worker_pids
 from pipelines.train import TrainingFailed, logged_run_settings, train
 from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
@@ -140,10 +139,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
     cfg = TrainConfig(loss="wgan-gp", steps=100, width=8, z_dim=16, batch=16, n_critic=1)
     storage = tmp_path / "ckpts"
     settings = RunSettings(log_every=1, sample_every=1000, checkpoint_every=10, storage_path=str(storage), max_failures=1)
-    outcome: dict = {}
-    thread = threading.Thread(target=lambda: outcome.update(result=train(
-        cfg, tiny_dataset, run=settings, experiment="t", progress=False)))
-    thread.start()
+    training = InBackground(train, cfg, tiny_dataset, run=settings, experiment="t", progress=False)
     client = MlflowClient()
     deadline = time.time() + 240
     runs: list = []
@@ -169,8 +165,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(tiny_dataset, ray_sessio
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     killed_at = max(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss/generator"))
-    thread.join(timeout=300)
-    result = outcome["result"]
+    result = training.result(timeout=300)
     assert result.steps == 100 and result.run_id == runs[0].info.run_id
 
     resumed = [int(m.value) for m in client.get_metric_history(result.run_id, "train/resumed_from_step")]
