@@ -40,7 +40,7 @@ from wgan.data.in_memory import shuffled_batches
 from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
 from wgan.networks import build_critic, build_generator
-from wgan.step import TrainStep, build_optimizers, unwrap
+from wgan.step import TrainStep, build_optimizers, build_schedulers, unwrap
 from pipelines import objective, tracking
 from pipelines.cluster import checkpoints
 from pipelines.tracking import run_tags
@@ -161,6 +161,7 @@ class _State:
     critic: torch.nn.Module
     g_opt: torch.optim.Optimizer
     d_opt: torch.optim.Optimizer
+    schedulers: tuple  # the optimizers' LambdaLRs, generator's first (wgan.step.build_schedulers)
     fixed_z: torch.Tensor
     start: int = 0
     payload: dict | None = None  # the restored checkpoint's, if any
@@ -171,7 +172,8 @@ def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
     run's latest (a restarted worker group, --resume) or, for a PBT exploit, another trial's."""
     torch.manual_seed(cfg.seed)
     generator, critic = build_generator(cfg).to(device), build_critic(cfg).to(device)
-    state = _State(generator, critic, *build_optimizers(cfg, generator, critic),
+    g_opt, d_opt = build_optimizers(cfg, generator, critic)
+    state = _State(generator, critic, g_opt, d_opt, build_schedulers(cfg, g_opt, d_opt),
                    fixed_z=torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)))
     restored = ray.train.get_checkpoint()
     if restored is None and config.get("init_checkpoint"):
@@ -183,9 +185,8 @@ def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
     for module, key in ((generator, "generator"), (critic, "critic"), (state.g_opt, "g_optimizer"),
                         (state.d_opt, "d_optimizer")):
         module.load_state_dict(payload[key])
-    for optimizer in (state.g_opt, state.d_opt):  # this run's learning rate (PBT perturbs it), not the saved one
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr
+    # this run's learning rate (PBT perturbs it), not the saved one, where the schedule was
+    ckpt.restore_schedulers(payload, *state.schedulers, lr=cfg.lr)
     state.fixed_z, state.start, state.payload = payload["fixed_z"], payload["step"], payload
     return state
 
@@ -265,7 +266,7 @@ class _RankZero:
         with tempfile.TemporaryDirectory() as directory:
             ckpt.save(directory, step=step, cfg=self.cfg, generator=unwrap(s.generator), critic=unwrap(s.critic),
                       g_optimizer=s.g_opt, d_optimizer=s.d_opt, fixed_z=s.fixed_z, mlflow_run_id=self.run_id,
-                      generator_ema=self.ema)
+                      generator_ema=self.ema, g_scheduler=s.schedulers[0], d_scheduler=s.schedulers[1])
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=checkpoints.dir_name(step))
 
@@ -325,21 +326,22 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
     state.generator = ray.train.torch.prepare_model(state.generator)
     state.critic = ray.train.torch.prepare_model(state.critic)
     step_fn = TrainStep(cfg, state.generator, state.critic, state.g_opt, state.d_opt,
-                        precision_mode=settings.precision)
+                        precision_mode=settings.precision, schedulers=state.schedulers)
     duties.started(step_fn.precision, world)
     data = real_batches(cfg, device, in_memory=config.get("in_memory", False))
-    pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+    pending: list[tuple[int, dict[str, torch.Tensor], float]] = []
     images_per_step = cfg.n_critic * cfg.batch
     tick, tick_step = time.perf_counter(), state.start
     fail_at_step = config.get("fail_at_step")  # the test hook, see the module docstring
 
     for step in range(state.start + 1, cfg.steps + 1):
         # --- Step: n_critic critic updates, one generator update ---------------------------------
+        lr = state.g_opt.param_groups[0]["lr"]  # this step's (a float: no device transfer); logged as train/lr
         stats = step_fn(next(data) for _ in range(cfg.n_critic))
         duties.stepped()
         if step == fail_at_step:
             raise RuntimeError(f"injected fault at step {step} (WGANCTL_TEST_FAIL_AT_STEP)")
-        pending.append((step, stats))
+        pending.append((step, stats, lr))
         last = step == cfg.steps
         checkpoint_now = last or step % settings.checkpoint_every == 0
         if not (checkpoint_now or step % settings.log_every == 0):
@@ -347,11 +349,11 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
 
         # --- Log (rank 0): the interval's statistics in one host sync -----------------------------
         keys = list(stats)
-        values = torch.stack([torch.stack([s[k] for k in keys]) for _, s in pending]).tolist()
+        values = torch.stack([torch.stack([s[k] for k in keys]) for _, s, _ in pending]).tolist()
         now = time.perf_counter()
         rate = images_per_step * (step - tick_step) / max(now - tick, 1e-9)
         tick, tick_step = now, step
-        history = [(st, dict(zip(keys, row))) for (st, _), row in zip(pending, values)]
+        history = [(st, {**dict(zip(keys, row)), "train/lr": step_lr}) for (st, _, step_lr), row in zip(pending, values)]
         pending = []
         if step_fn.precision == "fp16":
             history = precision.without_skipped_steps(history)

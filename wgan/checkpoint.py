@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from wgan.config import TrainConfig
 from wgan.errors import UserError
@@ -35,7 +36,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator: nn.Module,
          critic: nn.Module, g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer,
-         fixed_z: torch.Tensor, mlflow_run_id: str | None, generator_ema: nn.Module | None = None) -> Path:
+         fixed_z: torch.Tensor, mlflow_run_id: str | None, generator_ema: nn.Module | None = None,
+         g_scheduler: LRScheduler | None = None, d_scheduler: LRScheduler | None = None) -> Path:
     path = Path(directory) / FILENAME
     payload = {
         "format_version": FORMAT_VERSION,
@@ -50,6 +52,9 @@ def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator
         "mlflow_run_id": mlflow_run_id,
         # torch.optim.swa_utils.AveragedModel's state: "module.<name>" weights and n_averaged.
         "generator_ema": None if generator_ema is None else generator_ema.state_dict(),
+        # LambdaLR state_dicts (last_epoch = generator steps taken, base_lrs); None in older checkpoints.
+        "g_scheduler": None if g_scheduler is None else g_scheduler.state_dict(),
+        "d_scheduler": None if d_scheduler is None else d_scheduler.state_dict(),
     }
     tmp = path.with_suffix(".pt.tmp")
     torch.save(payload, tmp)
@@ -71,6 +76,20 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     if payload.get("format_version") != FORMAT_VERSION:
         raise UserError(f"checkpoint {path} has format_version {payload.get('format_version')}, expected {FORMAT_VERSION}")
     return payload
+
+
+def restore_schedulers(payload: dict[str, Any], g_scheduler: LRScheduler, d_scheduler: LRScheduler,
+                       lr: float) -> None:
+    """Continue the checkpoint's learning-rate schedules (`wgan.step.build_schedulers`) from the
+    step they were at, with ``lr`` as the base rate (the run's own: PBT perturbs it), so a resumed
+    run's rate is ``lr`` times the schedule's factor at that step. A checkpoint from before the
+    schedules were saved had no decay: its rate is ``lr``."""
+    for scheduler, key in ((g_scheduler, "g_scheduler"), (d_scheduler, "d_scheduler")):
+        if payload.get(key):
+            scheduler.load_state_dict(payload[key])
+        scheduler.base_lrs = [lr] * len(scheduler.optimizer.param_groups)
+        for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
+            group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
 
 
 def sampling_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:

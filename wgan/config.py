@@ -10,6 +10,13 @@ Defaults per loss follow the papers exactly:
 * ``gan``: the non-saturating GAN loss (Goodfellow et al. 2014) with the DCGAN
   optimiser, Adam lr 2e-4, betas (0.5, 0.999), one critic step per generator step
   (Radford, Metz, Chintala 2016).
+* ``hinge``: the hinge loss (Lim and Ye 2017; Miyato et al. 2018, Eq. 16-17) with a
+  spectrally normalised critic and the SN-GAN authors' CIFAR-10 optimiser: Adam lr 2e-4,
+  betas (0, 0.9), n_critic 5 (pfnet-research/sngan_projection, configs/sn_cifar10*.yml:
+  ``adam: alpha 0.0002, beta1 0.0, beta2 0.9``, ``n_dis: 5``, ``loss_type: hinge``).
+
+The network width default is per architecture (ARCH_WIDTHS): the DCGAN networks' 64, the
+WGAN-GP paper's ResNet's 128 (gan_cifar_resnet.py: DIM_G = DIM_D = 128).
 """
 
 from __future__ import annotations
@@ -22,16 +29,45 @@ from typing import Any
 from wgan.errors import UserError
 from wgan.knobs import knob
 
-LOSSES = ("wgan-gp", "wgan", "gan")
-ARCHS = ("dcgan", "mlp")
-CRITIC_NORMS = ("none", "layer", "batch")
-IMAGE_SIZES = (28, 32, 64, 96)
+LOSSES = ("wgan-gp", "wgan", "gan", "hinge")
+ARCHS = ("dcgan", "resnet", "mlp")
+CRITIC_NORMS = ("none", "layer", "batch", "spectral")
+IMAGE_SIZES = (28, 32, 48, 64, 96)
+LR_DECAYS = ("none", "linear")
+# Base width of each architecture when --width is not given: Radford et al. 2016's DCGAN
+# (the first critic layer's channels; the MLP ignores it: 512 units); the WGAN-GP ResNet's
+# DIM_G = DIM_D = 128 (Gulrajani et al. 2017, gan_cifar_resnet.py).
+ARCH_WIDTHS = {"dcgan": 64, "resnet": 128, "mlp": 64}
+# DiffAugment's ops (Zhao et al. 2020; `wgan.diffaugment`) and what --augment diffaug stands for:
+# all three, the authors' recommendation for small datasets (their README).
+AUGMENT_OPS = ("color", "translation", "cutout")
+DEFAULT_AUGMENT_POLICY = ("color", "translation", "cutout")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CONDITIONINGS = ("projection", "aux")
 
 
 class ConfigError(UserError, ValueError):
     """A configuration value is invalid; the message is one line that says what to do."""
+
+
+def augment_policy(text: str) -> tuple[str, ...]:
+    """The DiffAugment ops of an ``--augment`` value: ``none`` -> (), ``diffaug`` -> the default
+    policy, ``diffaug:a,b`` -> (a, b); a ConfigError naming the valid ops otherwise."""
+    if text == "none":
+        return ()
+    if text == "diffaug":
+        return DEFAULT_AUGMENT_POLICY
+    head, sep, ops = text.partition(":")
+    if head != "diffaug" or not sep:
+        raise ConfigError(f"unknown --augment {text!r}: use none, diffaug, or diffaug:OPS with OPS a comma-separated "
+                          f"list of {', '.join(AUGMENT_OPS)}")
+    names = tuple(op.strip() for op in ops.split(","))
+    unknown = [op for op in names if op not in AUGMENT_OPS]
+    if unknown or len(set(names)) != len(names):
+        problem = f"unknown op {unknown[0]!r}" if unknown else "an op named twice"
+        raise ConfigError(f"--augment {text!r} has {problem}: valid ops are {', '.join(AUGMENT_OPS)} "
+                          f"(e.g. diffaug:translation,cutout)")
+    return names
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,10 @@ LOSS_DEFAULTS: dict[str, LossDefaults] = {
     "wgan-gp": LossDefaults("adam", 1e-4, (0.0, 0.9), 5, "layer"),
     # Radford et al. 2016 (DCGAN): Adam lr 2e-4, beta1 0.5; one D step per G step.
     "gan": LossDefaults("adam", 2e-4, (0.5, 0.999), 1, "batch"),
+    # Miyato et al. 2018 (SN-GAN), their CIFAR-10 code (pfnet-research/sngan_projection,
+    # configs/sn_cifar10_unconditional.yml): hinge loss, Adam alpha 2e-4, beta1 0, beta2 0.9,
+    # n_dis 5, every critic layer spectrally normalised.
+    "hinge": LossDefaults("adam", 2e-4, (0.0, 0.9), 5, "spectral"),
 }
 
 
@@ -72,16 +112,21 @@ class TrainConfig:
     """What defines a run: its hyperparameters, logged to MLflow as params and frozen for the run.
 
     ``None`` for ``lr``, ``n_critic``, ``critic_norm`` or ``betas`` means "the paper's
-    value for this loss" (LOSS_DEFAULTS) and is resolved by :meth:`resolved`. How a run
+    value for this loss" (LOSS_DEFAULTS), for ``width`` "the architecture's" (ARCH_WIDTHS),
+    and is resolved by :meth:`resolved`. How a run
     is executed (workers, devices, intervals, storage) is `RunSettings`, which may differ
     when a run is resumed.
     """
 
     loss: str = knob("wgan-gp", f"objective: {', '.join(LOSSES)}",
-                     cite="wgan: Arjovsky et al. 2017; wgan-gp: Gulrajani et al. 2017; gan: Goodfellow et al. 2014")
+                     cite="wgan: Arjovsky et al. 2017; wgan-gp: Gulrajani et al. 2017; gan: Goodfellow et al. 2014; "
+                          "hinge: Lim and Ye 2017, Miyato et al. 2018")
     arch: str = knob("dcgan", f"generator and critic: {', '.join(ARCHS)}",
-                     cite="dcgan: Radford et al. 2016, as in both WGAN papers")
-    width: int = knob(64, "base channel width of the DCGAN networks", cite="Radford et al. 2016")
+                     cite="dcgan: Radford et al. 2016, as in both WGAN papers; resnet: Gulrajani et al. 2017, "
+                          "Appendix (CIFAR-10 ResNet); mlp: Arjovsky et al. 2017, Sec. 4.3")
+    width: int | None = knob(None, "base channel width: the DCGAN critic's first layer, every ResNet block's",
+                             cite="Radford et al. 2016; Gulrajani et al. 2017's ResNet: DIM_G = DIM_D = 128",
+                             shown_default=", ".join(f"{a} {w}" for a, w in ARCH_WIDTHS.items() if a != "mlp"))
     z_dim: int = knob(128, "latent size", cite="Gulrajani et al. 2017, official code: 128")
     image_size: int | None = knob(None, "image side in pixels", cli=False, shown_default="the data's")
     channels: int | None = knob(None, "image channels", cli=False, shown_default="the data's")
@@ -89,18 +134,30 @@ class TrainConfig:
     batch: int = knob(64, "global batch of real images per critic step; each of the --workers workers takes "
                           "batch/workers of it, and DDP averages their gradients, so a step equals one step at "
                           "the global batch (must divide evenly)", cite="m = 64: both papers' Algorithm 1")
-    n_critic: int | None = knob(None, "critic steps per generator step", cite="both papers' Algorithm 1: 5",
+    n_critic: int | None = knob(None, "critic steps per generator step",
+                                cite="both WGAN papers' Algorithm 1: 5; hinge: Miyato et al. 2018's code",
                                 shown_default=_per_loss("n_critic"))
-    lr: float | None = knob(None, "learning rate", cite="Algorithm 1 of each paper; DCGAN for gan",
+    lr: float | None = knob(None, "learning rate",
+                            cite="Algorithm 1 of each paper; DCGAN for gan; Miyato et al. 2018's code for hinge",
                             shown_default=_per_loss("lr"))
-    betas: tuple[float, float] | None = knob(None, "Adam's beta1 beta2 (wgan-gp, gan)",
-                                             cite="Gulrajani et al. 2017: (0, 0.9); Radford et al. 2016: (0.5, 0.999)",
+    betas: tuple[float, float] | None = knob(None, "Adam's beta1 beta2 (wgan-gp, gan, hinge)",
+                                             cite="Gulrajani et al. 2017: (0, 0.9); Radford et al. 2016: (0.5, 0.999); "
+                                                  "Miyato et al. 2018's code: (0, 0.9)",
                                              shown_default=_per_loss("betas"))
     lambda_gp: float = knob(10.0, "gradient penalty weight (wgan-gp)", cite="Gulrajani et al. 2017, Algorithm 1")
     clip: float = knob(0.01, "critic weight clip c (wgan)", cite="Arjovsky et al. 2017, Algorithm 1")
-    critic_norm: str | None = knob(None, f"critic normalisation: {', '.join(CRITIC_NORMS)} (batch refused with wgan-gp)",
-                                   cite="Gulrajani et al. 2017, Sec. 4: layer norm with the penalty",
+    critic_norm: str | None = knob(None, f"critic normalisation: {', '.join(CRITIC_NORMS)} (batch refused with "
+                                         f"wgan-gp; spectral: every critic layer, and no weight clipping with wgan)",
+                                   cite="Gulrajani et al. 2017, Sec. 4: layer norm with the penalty; spectral: "
+                                        "Miyato et al. 2018",
                                    shown_default=_per_loss("critic_norm"))
+    lr_decay: str = knob("none", f"learning-rate schedule of both optimizers: {' or '.join(LR_DECAYS)} (linear: "
+                                 f"from --lr down to 0 at the last step)",
+                         cite="Gulrajani et al. 2017, gan_cifar_resnet.py: decay = max(0, 1 - iteration/ITERS)")
+    augment: str = knob("none", "differentiable augmentation of every image the critic sees: none, diffaug "
+                                f"(= diffaug:{','.join(DEFAULT_AUGMENT_POLICY)}) or diffaug:OPS with OPS from "
+                                f"{', '.join(AUGMENT_OPS)}",
+                        cite="Zhao et al. 2020, DiffAugment")
     seed: int = knob(0, "random seed")
     # Projection is the default by measurement: Fashion-MNIST, the main job's settings (1500
     # steps), 10,000 samples in the project classifier's features: projection class accuracy
@@ -125,6 +182,7 @@ class TrainConfig:
             betas=d.betas if self.betas is None else tuple(self.betas),
             n_critic=d.n_critic if self.n_critic is None else self.n_critic,
             critic_norm=d.critic_norm if self.critic_norm is None else self.critic_norm,
+            width=ARCH_WIDTHS.get(self.arch, ARCH_WIDTHS["dcgan"]) if self.width is None else self.width,
         )
         cfg.validate()
         return cfg
@@ -138,9 +196,9 @@ class TrainConfig:
             raise ConfigError("image size and channels are unknown: give --data (a prepared dataset) so they can be read from its manifest")
         if self.arch not in ARCHS:
             raise ConfigError(f"unknown arch {self.arch!r}: choose one of {', '.join(ARCHS)}")
-        if self.image_size not in IMAGE_SIZES and self.arch == "dcgan":
+        if self.image_size not in IMAGE_SIZES and self.arch != "mlp":
             raise ConfigError(
-                f"image size {self.image_size} is not supported by the DCGAN networks: "
+                f"image size {self.image_size} is not supported by the {self.arch} networks: "
                 f"prepare the data with --size one of {', '.join(map(str, IMAGE_SIZES))}"
             )
         if self.channels not in (1, 3):
@@ -168,10 +226,12 @@ class TrainConfig:
             (self.conditioning in CONDITIONINGS,
              f"unknown conditioning {self.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}"),
             (0 <= self.g_ema < 1, f"--g-ema must be in [0, 1) (0: off), got {self.g_ema}"),
+            (self.lr_decay in LR_DECAYS, f"unknown --lr-decay {self.lr_decay!r}: choose one of {', '.join(LR_DECAYS)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        augment_policy(self.augment)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

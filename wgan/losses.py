@@ -1,4 +1,4 @@
-"""Critic and generator objectives of the three losses, as the papers give them.
+"""Critic and generator objectives of the four losses, as the papers give them.
 
 All functions take critic scores (unbounded, no sigmoid) and return scalar
 tensors; none of them synchronises with the host.
@@ -46,6 +46,9 @@ def critic_loss_real(loss: str, real_scores: torch.Tensor) -> torch.Tensor:
     """The critic objective's term on real samples (to minimise)."""
     if loss in ("wgan", "wgan-gp"):
         return -real_scores.mean()
+    if loss == "hinge":
+        # E[max(0, 1 - D(x))] (Lim and Ye 2017; Miyato et al. 2018, Eq. 16)
+        return F.relu(1 - real_scores).mean()
     # Non-saturating GAN: -log sigmoid(D(x)).
     return F.softplus(-real_scores).mean()
 
@@ -54,6 +57,9 @@ def critic_loss_fake(loss: str, fake_scores: torch.Tensor) -> torch.Tensor:
     """The critic objective's term on generated samples (to minimise)."""
     if loss in ("wgan", "wgan-gp"):
         return fake_scores.mean()
+    if loss == "hinge":
+        # E[max(0, 1 + D(G(z)))] (Miyato et al. 2018, Eq. 16)
+        return F.relu(1 + fake_scores).mean()
     # Non-saturating GAN: -log(1 - sigmoid(D(G(z)))).
     return F.softplus(fake_scores).mean()
 
@@ -64,7 +70,8 @@ def critic_loss(loss: str, real_scores: torch.Tensor, fake_scores: torch.Tensor)
 
 
 def generator_loss(loss: str, fake_scores: torch.Tensor) -> torch.Tensor:
-    if loss in ("wgan", "wgan-gp"):
+    # -E[D(G(z))]: the WGAN generator's, and the hinge loss's (Miyato et al. 2018, Eq. 17)
+    if loss in ("wgan", "wgan-gp", "hinge"):
         return -fake_scores.mean()
     # Non-saturating generator loss: -log sigmoid(D(G(z))) (Goodfellow et al. 2014, Sec. 3).
     return F.softplus(-fake_scores).mean()

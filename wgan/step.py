@@ -11,7 +11,11 @@ The step works on plain modules or on DistributedDataParallel-wrapped ones:
   forward/backward passes, as in the WGAN reference code, so that batch
   statistics are never mixed;
 * the generator update scores fakes with the unwrapped critic and
-  backpropagates into the generator's parameters only.
+  backpropagates into the generator's parameters only;
+* with ``--augment diffaug`` every image the critic sees, real or fake, in both updates, is
+  augmented first (`wgan.diffaugment`; the penalty's interpolates lie between the augmented
+  batches, see there why);
+* the learning-rate schedulers (`build_schedulers`) step once per generator step.
 
 Statistics are returned as detached tensors: nothing here calls ``.item()``,
 so the host synchronises only where the caller chooses to (logging intervals).
@@ -19,13 +23,14 @@ so the host synchronises only where the caller chooses to (logging intervals).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from wgan import losses, precision
-from wgan.config import TrainConfig
+from wgan import diffaugment, losses, precision
+from wgan.config import TrainConfig, augment_policy
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -55,14 +60,35 @@ def build_optimizers(cfg: TrainConfig, generator: nn.Module, critic: nn.Module):
             torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=cfg.betas))
 
 
+def build_schedulers(cfg: TrainConfig, *optimizers: torch.optim.Optimizer) -> tuple[LambdaLR, ...]:
+    """One LambdaLR per optimizer, stepped after each generator step: a constant factor 1
+    (``--lr-decay none``), or ``linear``: the lr of generator step k + 1 (k done) is
+    lr * max(0, 1 - k / steps), reaching 0 at the end (Gulrajani et al. 2017, gan_cifar_resnet.py:
+    ``decay = max(0., 1. - iteration / ITERS)``, for the generator's and the critic's Adam alike).
+    A run resumed with more ``--steps`` decays over its new length from the step it is at."""
+    steps = cfg.steps
+    if cfg.lr_decay == "linear":
+        def factor(k: int) -> float:
+            return max(0.0, 1.0 - k / steps)
+    else:
+        def factor(k: int) -> float:
+            return 1.0
+    return tuple(LambdaLR(optimizer, factor) for optimizer in optimizers)
+
+
 class TrainStep:
     def __init__(self, cfg: TrainConfig, generator: nn.Module, critic: nn.Module,
                  g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer, *,
-                 precision_mode: str = "auto"):
-        """``precision_mode``: a `wgan.config.PRECISIONS` value (a run setting: `RunSettings.precision`)."""
+                 precision_mode: str = "auto", schedulers: Sequence[LRScheduler] = ()):
+        """``precision_mode``: a `wgan.config.PRECISIONS` value (a run setting: `RunSettings.precision`).
+        ``schedulers`` (`build_schedulers`) step once at the end of every call."""
         self.cfg = cfg
         self.generator, self.critic = generator, critic
         self.g_optimizer, self.d_optimizer = g_optimizer, d_optimizer
+        self.schedulers = tuple(schedulers)
+        self.policy = augment_policy(cfg.augment)
+        # --critic-norm spectral bounds the critic's layers; clipping (wgan) would fight it.
+        self.clip = cfg.loss == "wgan" and cfg.critic_norm != "spectral"
         self.separate_passes = has_batch_norm(unwrap(critic))
         self._g_params = [p for p in unwrap(generator).parameters() if p.requires_grad]
         device = next(unwrap(generator).parameters()).device
@@ -76,6 +102,10 @@ class TrainStep:
     def _loss_scale(scaler: torch.amp.GradScaler, like: torch.Tensor) -> torch.Tensor | None:
         """The scaler's current scale as a tensor (no host sync), or None when it is disabled."""
         return scaler.scale(like.new_ones((), dtype=torch.float32)) if scaler.is_enabled() else None
+
+    def _seen(self, images: torch.Tensor) -> torch.Tensor:
+        """What the critic is shown of ``images``: T(images) with --augment, else the images."""
+        return diffaugment.augment(images, self.policy) if self.policy else images
 
     def _latents(self, n: int, device: torch.device) -> torch.Tensor:
         return torch.randn(n, self.cfg.z_dim, device=device)
@@ -94,14 +124,14 @@ class TrainStep:
         penalty = real.new_zeros(())
         if self.separate_passes:
             with self._autocast():
-                real_scores, real_logits = scores_and_logits(self.critic(real, labels))
+                real_scores, real_logits = scores_and_logits(self.critic(self._seen(real), labels))
             loss_real = losses.critic_loss_real(loss, real_scores)
             if real_logits is not None:
                 class_cost = losses.class_loss(real_logits, labels)
                 loss_real = loss_real + losses.AUX_CRITIC_WEIGHT * class_cost
             self.d_scaler.scale(loss_real).backward()
             with self._autocast():
-                fake_scores, fake_logits = scores_and_logits(self.critic(fake, labels))
+                fake_scores, fake_logits = scores_and_logits(self.critic(self._seen(fake), labels))
             loss_fake = losses.critic_loss_fake(loss, fake_scores)
             if fake_logits is not None:
                 # The classifier head learns from real images only; this zero term marks its
@@ -111,8 +141,9 @@ class TrainStep:
             total = loss_real.detach() + loss_fake.detach()
         else:
             both = None if labels is None else torch.cat([labels, labels])
+            seen = self._seen(torch.cat([real, fake]))
             with self._autocast():
-                scores, logits = scores_and_logits(self.critic(torch.cat([real, fake]), both))
+                scores, logits = scores_and_logits(self.critic(seen, both))
             real_scores, fake_scores = scores.split(n)
             if loss == "wgan-gp":
                 # The interpolates get a forward of their own, through the unwrapped critic:
@@ -121,7 +152,8 @@ class TrainStep:
                 # the step 0.63-0.67x the plain loop's speed). DDP stays correct: the penalty's
                 # parameter gradients reach the same parameters, and DDP's hooks fire on
                 # each parameter's accumulated gradient once, in the one backward below.
-                x_hat = losses.interpolates(real, fake)
+                # Between the images the critic scored: augmented ones with --augment (wgan.diffaugment).
+                x_hat = losses.interpolates(*seen.split(n))
                 with self._autocast():
                     hat_scores, _ = scores_and_logits(unwrap(self.critic)(x_hat, labels))
                 # x_hat is fp32, so its gradient (and the norm in the penalty) is fp32 too.
@@ -134,7 +166,7 @@ class TrainStep:
             total = total.detach()
         self.d_scaler.step(self.d_optimizer)  # skipped by fp16's scaler when a gradient overflowed
         self.d_scaler.update()
-        if loss == "wgan":
+        if self.clip:
             losses.clip_weights(unwrap(self.critic), cfg.clip)
         stats = {} if self.cfg.conditioning != "aux" or labels is None else {"loss/critic_class": class_cost.detach()}
         if self.d_scaler.is_enabled():
@@ -151,7 +183,7 @@ class TrainStep:
         self.g_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             scores, logits = scores_and_logits(
-                unwrap(self.critic)(self.generator(self._latents(n, device), labels), labels))
+                unwrap(self.critic)(self._seen(self.generator(self._latents(n, device), labels)), labels))
         g_loss = losses.generator_loss(self.cfg.loss, scores)
         if logits is not None:
             g_loss = g_loss + losses.AUX_GENERATOR_WEIGHT * losses.class_loss(logits, labels)
@@ -171,4 +203,6 @@ class TrainStep:
         if count != self.cfg.n_critic:
             raise ValueError(f"expected {self.cfg.n_critic} real batches, got {count}")
         stats.update(self.generator_update(real.shape[0], real.device))
+        for scheduler in self.schedulers:
+            scheduler.step()
         return stats
