@@ -8,6 +8,12 @@ YAML form, one entry per `TrainConfig` knob (the keys of `wganctl train --config
     lambda_gp: {loguniform: [1, 100]}    # drawn only for wgan-gp trials
     clip: {uniform: [0.005, 0.05]}       # drawn only for wgan trials
     width: 32                            # a constant
+    arch: {choice: [dcgan, resnet]}
+    augment: {choice: [none, diffaug, "diffaug:translation,cutout"]}
+
+The categorical knobs (CATEGORICAL: loss, arch, critic_norm, conditioning, lr_decay, augment)
+take a constant or a choice / grid of their valid values; anything else is refused before the
+sweep starts, naming the key and the valid values.
 
 Knobs that belong to one loss (lambda_gp to wgan-gp, clip to wgan) are drawn
 only for trials of that loss, so a trial's parameters never show a knob that
@@ -22,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from wgan.config import TrainConfig
+from wgan.config import ARCHS, CONDITIONINGS, CRITIC_NORMS, LOSSES, LR_DECAYS, TrainConfig, augment_policy
 from wgan.errors import UserError
 from wgan.knobs import knob, knobs
 
@@ -40,6 +46,11 @@ DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"loguniform": [1e-5, 1e-3]},
 }
 LOSS_ONLY = {"lambda_gp": "wgan-gp", "clip": "wgan"}
+# Knobs that name one of a few things: swept only by choice or grid, over valid values (None: the
+# loss's default, where the knob has one). augment's values are policies, checked by augment_policy.
+CATEGORICAL: dict[str, tuple[str, ...]] = {"loss": LOSSES, "arch": ARCHS, "critic_norm": CRITIC_NORMS + (None,),
+                                           "conditioning": CONDITIONINGS, "lr_decay": LR_DECAYS,
+                                           "augment": ("none", "diffaug", "diffaug:OPS")}
 
 
 @dataclass
@@ -90,11 +101,32 @@ def to_param_space(space: dict[str, Any]) -> dict[str, Any]:
     for key, value in space.items():
         if key not in fields:
             raise UserError(f"space.{key}: not a train option that can be swept; use one of {', '.join(sorted(fields))}")
+        if key in CATEGORICAL:
+            _check_categorical(key, value)
         out[key] = _domain(key, value)
     for key, loss in LOSS_ONLY.items():
         if key in out and "loss" in out:
             out[key] = _only_for(loss, out[key])
     return out
+
+
+def _check_categorical(key: str, value: Any) -> None:
+    """A constant or a choice / grid of valid values, else a UserError naming the key."""
+    if isinstance(value, dict):
+        name, values = next(iter(value.items())) if len(value) == 1 else (None, None)
+        if name not in ("choice", "grid") or not isinstance(values, list):
+            raise UserError(f"space.{key}: a categorical knob takes a constant or {{choice: [...]}} / {{grid: [...]}} "
+                            f"of {', '.join(map(str, CATEGORICAL[key]))}, got {value!r}")
+    else:
+        values = [value]
+    for item in values:
+        if key == "augment":
+            try:
+                augment_policy(str(item))
+            except UserError as err:
+                raise UserError(f"space.{key}: {err}") from None
+        elif item not in CATEGORICAL[key]:
+            raise UserError(f"space.{key}: {item!r} is not one of {', '.join(map(str, CATEGORICAL[key]))}")
 
 
 def _domain(key: str, value: Any):

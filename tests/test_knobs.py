@@ -12,10 +12,11 @@ import typer
 from typer.testing import CliRunner
 
 from wgan.config import LOSS_DEFAULTS, RunSettings, TrainConfig
+from wgan.errors import UserError
 from wgan.knobs import knobs
 from pipelines import cli
 from pipelines.cli_options import config_values
-from pipelines.search_space import swept_keys, to_param_space
+from pipelines.search_space import CATEGORICAL, swept_keys, to_param_space
 
 ALL_KNOBS = [(cls, k) for cls in (TrainConfig, RunSettings) for k in knobs(cls)]
 
@@ -72,7 +73,22 @@ def _number(value):
 
 def test_the_search_space_takes_exactly_the_train_hyperparameters():
     assert swept_keys() == {k.name for k in knobs(TrainConfig) if k.cli} - {"steps"}
-    to_param_space({key: {"choice": [1]} for key in swept_keys()})  # every one of them is accepted
+    # every one of them is accepted (a categorical one with one of its values)
+    to_param_space({key: {"choice": [CATEGORICAL[key][0] if key in CATEGORICAL else 1]} for key in swept_keys()})
     for key in ("workers", "steps", "image_size"):
         with pytest.raises(Exception, match=rf"space\.{key}"):
             to_param_space({key: {"choice": [1]}})
+
+
+def test_categorical_knobs_are_swept_by_choice_over_their_values_only():
+    assert {"loss", "arch", "critic_norm", "lr_decay", "augment"} <= set(CATEGORICAL) <= swept_keys()
+    space = to_param_space({"arch": {"choice": ["dcgan", "resnet"]}, "loss": {"grid": ["wgan-gp", "hinge"]},
+                            "critic_norm": {"choice": [None, "spectral"]}, "lr_decay": "linear",
+                            "augment": {"choice": ["none", "diffaug", "diffaug:translation,cutout"]}})
+    assert space["lr_decay"] == "linear" and space["arch"].categories == ["dcgan", "resnet"]
+    for key, value, says in (("loss", {"uniform": [0, 1]}, "categorical knob takes a constant or"),
+                             ("arch", {"choice": ["dcgan", "vgg"]}, "'vgg' is not one of dcgan, resnet, mlp"),
+                             ("critic_norm", "spectral-ish", "not one of"),
+                             ("augment", {"choice": ["diffaug:zoom"]}, "valid ops are color, translation, cutout")):
+        with pytest.raises(UserError, match=rf"^space\.{key}: .*{re.escape(says)}"):
+            to_param_space({key: value})
