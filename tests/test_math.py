@@ -170,3 +170,15 @@ def test_conditional_wgan_gp_puts_each_label_on_its_own_mode(conditioning):
             samples = G(torch.randn(2000, 2, generator=g), torch.full((2000,), label))
             near = (samples - center).norm(dim=1) < 0.5
             assert near.float().mean() > 0.8, (label, near.float().mean())  # its own mode, not the other's
+
+
+def test_hinge_loss_on_known_scores_and_its_defaults():
+    """Miyato et al. 2018, Eq. 16-17: critic E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))], generator -E[D(G(z))]."""
+    real = torch.tensor([2.0, 0.5, -1.0])  # hinge terms 0, 0.5, 2
+    fake = torch.tensor([-2.0, 0.0, 1.0])  # 0, 1, 2
+    torch.testing.assert_close(losses.critic_loss_real("hinge", real), torch.tensor(2.5 / 3))
+    torch.testing.assert_close(losses.critic_loss_fake("hinge", fake), torch.tensor(1.0))
+    torch.testing.assert_close(losses.critic_loss("hinge", real, fake), torch.tensor(2.5 / 3 + 1.0))
+    torch.testing.assert_close(losses.generator_loss("hinge", fake), torch.tensor(1.0 / 3))
+    cfg = image_config(loss="hinge")  # the SN-GAN authors' CIFAR-10 settings
+    assert (cfg.optimizer, cfg.lr, cfg.betas, cfg.n_critic, cfg.critic_norm) == ("adam", 2e-4, (0.0, 0.9), 5, "spectral")
