@@ -53,9 +53,11 @@ def test_linear_decay_after_k_of_n_steps_and_after_a_restore(tmp_path):
     assert rates(g2, d2) == [0.0, 0.0]  # 0 after the last step
 
     # PBT restarts from another trial's checkpoint with its own lr: the schedule's step, the new lr
-    _, _, _, g3, d3, schedulers3, _ = built()
+    _, _, _, g3, d3, schedulers3, step3 = built()
     ckpt.restore_schedulers(payload, *schedulers3, lr=1e-3)
     assert rates(g3, d3) == pytest.approx([1e-3 * (1 - 2 / STEPS)] * 2)
+    step3([(real, None)])  # and it stays this run's schedule
+    assert rates(g3, d3) == pytest.approx([1e-3 * (1 - 3 / STEPS)] * 2)
 
 
 def test_no_decay_keeps_the_rate_and_an_old_checkpoint_without_schedules_restores_to_lr():

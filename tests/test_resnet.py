@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wgan.config import IMAGE_SIZES, ConfigError, TrainConfig
@@ -61,6 +62,25 @@ def test_generator_and_critic_at_every_size(size, conditioning):
         assert out.shape == (3,)
     if conditioning == "projection":  # the label changes the score
         assert not torch.allclose(D(images, labels), D(images, torch.tensor([1, 1, 1])))
+
+
+def test_every_block_is_residual():
+    """With a block's last conv zeroed, its output is its shortcut's alone (x2 / pooled, 1x1 conv or identity)."""
+    torch.manual_seed(0)
+    G, D = build_generator(resnet(32)), build_critic(resnet(32))
+    x = torch.randn(2, 8, 8, 8)
+    for block, shortcut in ((G.blocks[0], lambda x, b: b.shortcut(F.interpolate(x, scale_factor=2))),
+                            (D.features[1], lambda x, b: F.avg_pool2d(b.shortcut(x), 2)),
+                            (D.features[2], lambda x, b: x),
+                            (D.features[0], lambda x, b: b.shortcut(F.avg_pool2d(x, 2)))):
+        block.eval()
+        inputs = torch.randn(2, 3, 8, 8) if block is D.features[0] else x
+        with torch.no_grad():
+            full = block(inputs)
+            block.conv2.weight.zero_()
+            block.conv2.bias.zero_()
+            torch.testing.assert_close(block(inputs), shortcut(inputs, block))
+            assert not torch.allclose(full, block(inputs))  # the residual path added something
 
 
 def test_the_critic_halves_until_at_most_8_px():
