@@ -59,7 +59,9 @@ def _lockstep_loop(config: dict) -> None:
 def test_two_workers_hold_identical_weights_after_every_step(in_memory, tiny_dataset, ray_session, tmp_path):
     """Both data paths: streamed from Ray Data (large datasets), and each worker's shard held whole (small)."""
     manifest = load_manifest(tiny_dataset)
-    cfg = TrainConfig(loss="wgan-gp", steps=3, width=8, z_dim=16, batch=32,
+    # DiffAugment on: each worker draws its own augmentations of its own shard, and the averaged
+    # gradients must still keep the replicas equal.
+    cfg = TrainConfig(loss="wgan-gp", steps=3, width=8, z_dim=16, batch=32, augment="diffaug",
                       image_size=28, channels=1).resolved()
     trainer = TorchTrainer(
         _lockstep_loop,

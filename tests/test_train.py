@@ -21,7 +21,7 @@ from pipelines.train import TrainingFailed, logged_run_settings, train
 from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
 from wgan.images import to_uint8
-from wgan.networks import build_generator
+from wgan.networks import build_critic, build_generator
 from wgan.data.manifest import manifest_sha256
 
 SMALL = dict(width=8, z_dim=16, batch=16)
@@ -92,11 +92,54 @@ def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_sessi
     assert Image.open(strip).size == (5 * 28 + 6 * 2, 2 * 28 + 3 * 2)
 
 
+def test_resnet_hinge_spectral_norm_diffaugment_and_lr_decay_train_and_log_loadable_models(
+        tiny_dataset, ray_session, mlflow_store, tmp_path):
+    """The new knobs through the real train stage, in two fits: a conditional ResNet WGAN-GP with a
+    spectrally normalised critic, DiffAugment's default policy and linear lr decay; and a DCGAN with
+    the hinge loss (spectral norm by default) and DiffAugment's translation alone. Resuming with the
+    schedule is test_resume_continues_...'s (it adds no fit), as is DDP with augmentation."""
+    from pipelines.tracking import load_generator
+
+    client = MlflowClient()
+    runs = {
+        "resnet": TrainConfig(arch="resnet", loss="wgan-gp", critic_norm="spectral", augment="diffaug",
+                              lr_decay="linear", conditional=True, steps=2, **SMALL),
+        "hinge": TrainConfig(loss="hinge", augment="diffaug:translation", steps=2, n_critic=1, **SMALL),
+    }
+    for name, cfg in runs.items():
+        result = train(cfg, tiny_dataset, run=EVERY_2, experiment="t", progress=False)
+        params = client.get_run(result.run_id).data.params
+        payload = ckpt.load(result.checkpoint_dir)
+        critic = build_critic(ckpt.config_of(payload))
+        critic.load_state_dict(payload["critic"])  # the spectrally normalised critic, as resume loads it
+        assert any(".parametrizations.weight.original" in key for key in payload["critic"]), name
+        lrs = [m.value for m in sorted(client.get_metric_history(result.run_id, "train/lr"), key=lambda m: m.step)]
+        assert "wasserstein_estimate" in client.get_run(result.run_id).data.metrics, name
+        if name == "resnet":
+            assert (params["arch"], params["critic_norm"], params["augment"], params["lr_decay"]) == (
+                "resnet", "spectral", "diffaug", "linear")
+            assert params["num_classes"] == "10" and params["width"] == "8"
+            assert lrs == pytest.approx([1e-4, 1e-4 * (1 - 1 / 2)])  # steps 1 and 2 of 2
+            assert payload["g_scheduler"]["last_epoch"] == payload["d_scheduler"]["last_epoch"] == 2
+            # the logged model is the ResNet generator (the DCGAN one's loading is tested above)
+            model, z_dim = load_generator(result.run_id)
+            images = model.predict(np.random.default_rng(0).standard_normal((3, z_dim)).astype(np.float32),
+                                   params={"label": 2})
+            assert images.shape == (3, 28, 28, 1) and images.dtype == np.uint8 and images.std() > 0
+        else:  # SN-GAN's defaults for the hinge loss
+            assert (params["loss"], params["critic_norm"], params["lr"], json.loads(params["betas"])) == (
+                "hinge", "spectral", "0.0002", [0.0, 0.9])
+            assert params["augment"] == "diffaug:translation" and lrs == [2e-4, 2e-4]
+
+
 def test_resume_continues_the_same_mlflow_run_and_step_count_on_another_shape(tiny_dataset, ray_session,
                                                                                 mlflow_store, tmp_path):
     # a class-conditional wgan run with an auxiliary-classifier critic (the projection critic is
     # the evaluate test's): conditioning is checked below, sharing Ray Train's start-up
-    first = train(TrainConfig(loss="wgan", steps=2, conditional=True, conditioning="aux", **SMALL), tiny_dataset,
+    # It also resumes a linear lr decay (its schedule in the checkpoint), and trains two DDP workers
+    # with DiffAugment and a spectrally normalised wgan critic (no clipping): their weights must stay equal.
+    first = train(TrainConfig(loss="wgan", steps=2, conditional=True, conditioning="aux", lr_decay="linear",
+                              augment="diffaug", critic_norm="spectral", **SMALL), tiny_dataset,
                   run=EVERY_2, experiment="t", progress=False)
     # Elastic resume: started on one worker, continued on two, from the command line.
     res = CliRunner().invoke(app, ["train", "--resume", first.run_id, "--steps", "4", "--workers", "2", "--quiet"])
@@ -114,6 +157,9 @@ def test_resume_continues_the_same_mlflow_run_and_step_count_on_another_shape(ti
     workers = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "train/workers"))
     assert workers == [(0, 1.0), (2, 2.0)]
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "ddp/weight_spread")] == [(4, 0.0)]
+    # the schedule went on from where the checkpoint left it: 2 steps of a 2-step run, then over 4 steps
+    lrs = [m.value for m in sorted(client.get_metric_history(first.run_id, "train/lr"), key=lambda m: m.step)]
+    assert lrs == pytest.approx([5e-5, 5e-5 * (1 - 1 / 2), 5e-5 * (1 - 2 / 4), 5e-5 * (1 - 3 / 4)])
     assert logged_run_settings(first.run_id).workers == 2  # what a next --resume starts from
 
     # Conditional: one grid row per class (10 Fashion-MNIST classes, 8 latents each), and
