@@ -103,7 +103,7 @@ def test_resnet_hinge_spectral_norm_diffaugment_and_lr_decay_train_and_log_loada
     client = MlflowClient()
     runs = {
         "resnet": TrainConfig(arch="resnet", loss="wgan-gp", critic_norm="spectral", augment="diffaug",
-                              lr_decay="linear", conditional=True, steps=2, **SMALL),
+                              lr_decay="linear", conditional=True, steps=2, n_critic=1, **SMALL),
         "hinge": TrainConfig(loss="hinge", augment="diffaug:translation", steps=2, n_critic=1, **SMALL),
     }
     for name, cfg in runs.items():
