@@ -144,7 +144,7 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
     assert f"data/fm/reference/classifier-{classifier_run}.npz" in bucket_keys(bucket, "data/fm/reference/")
 
     # tune: trials checkpoint into the bucket, Tune keeps its state there, the best is registered.
-    sweep = tune_sweep(data, sweep=SweepSettings(trials=2, steps=4, reports=2, scheduler="none", objective_samples=64,
+    sweep = tune_sweep(data, sweep=SweepSettings(trials=1, steps=4, reports=2, scheduler="none", objective_samples=64,
                                                  seed=0),
                        experiment="s3-tune", register="wgan-s3", storage_path=f"{bucket}/sweeps",
                        classifier_run=classifier_run, base=TrainConfig(**TINY))

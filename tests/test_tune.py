@@ -146,7 +146,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tiny_dataset, 
     (tmp_path / "space.yaml").write_text("lr: {grid: [1.0e-3, 5.0e-4]}\nn_critic: 1\nz_dim: 16\n")
     command = [str(Path(sys.executable).parent / "wganctl"), "tune", "--data", tiny_dataset, "--trials", "1",
                "--space", "space.yaml", "--scheduler", "none", "--steps", "90", "--reports", "3", "--width", "8",
-               "--batch", "16", "--classifier", classifier_run, "--experiment", "sweep-killed"]
+               "--batch", "16", "--objective-samples", "200", "--classifier", classifier_run,
+               "--experiment", "sweep-killed"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user's would be
     driver = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
