@@ -39,7 +39,8 @@ def tracking_uri() -> str:
 
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
-# The classic training view: without it MLflow 3 opens an experiment on its GenAI overview.
+# The training view: without it MLflow 3 shows the run page in its GenAI view (under Evaluation runs)
+# and an experiment on its GenAI overview (tests/test_mlflow_ui.py).
 UI_VIEW = "workflowType=machine_learning"
 
 
