@@ -3,7 +3,7 @@
 Run from the repository root, with MLFLOW_TRACKING_URI set (the classifier's store):
 
     .venv/bin/python benchmarks/bench_small_data.py --data data/fashion-mnist-28px --classifier RUN_ID \\
-        [--real-per-class 100] [--steps 1000] [--seeds 1] [--augment-steps 1500]
+        [--real-per-class 100] [--steps 1000] [--seeds 1] [--augment-steps 1500] [--augments none,diffaug]
 
 1. Picks the real images `wganctl experiment augment --real-per-class N` gives its seed-0
    classifier (`pipelines.augment`: ``default_rng(0)``, N per class without replacement) and
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="generator steps of each GAN")
     parser.add_argument("--seeds", type=int, default=1, help="the augment experiment's --seeds")
     parser.add_argument("--augment-steps", type=int, default=1500, help="the augment experiment's classifier --steps")
+    parser.add_argument("--augments", default="none,diffaug", help="comma-separated --augment values to train")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -106,7 +107,7 @@ def main() -> None:
                                                                                shuffle=False)))
     mu, sigma = feature_statistics(reference)
     rows = []
-    for augment in ("none", "diffaug"):
+    for augment in args.augments.split(","):
         cfg = dataclasses.replace(CONFIG, steps=args.steps, augment=augment)
         run = RunSettings(workers=2, log_every=50, sample_every=args.steps, checkpoint_every=args.steps)
         result = train(cfg, subset, run=run, experiment="bench-small-data", progress=False)
