@@ -158,15 +158,15 @@ class InBackground:
 
 
 def train_worker_pids() -> list[int]:
-    """PIDs of this machine's Ray Train worker processes (what a killed-worker test kills)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"RayTrainWorker" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+    """PIDs of the live Ray Train workers of this process's Ray (what a killed-worker test kills).
+
+    Asked of Ray's state API, not read from /proc: another Ray on the same machine (a user's
+    run, another test session) has RayTrainWorker processes too, and they are not ours to kill.
+    """
+    import ray
+    from ray.util.state import list_actors
+
+    ours = ray.get_runtime_context().gcs_address
+    actors = list_actors(address=ours, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                         raise_on_missing_output=False)
+    return [actor.pid for actor in actors if actor.pid]

@@ -1,7 +1,8 @@
 """The Ray Client hop (`pipelines.cluster.connect.through_ray_client`) sends a stage's whole call.
 
-The remote run itself is the cluster test's (tests/test_cluster.py runs every stage through
-ray://); here the submission is caught before it connects, to check what it would send.
+The remote run itself is the cluster test's (tests/test_cluster.py runs prepare, evaluate and
+tune through ray:// on a real cluster); here the submission is caught before it connects, to
+check what every stage, train included, would send.
 """
 
 from __future__ import annotations
