@@ -274,13 +274,15 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="latent and subset seed"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per sampling/feature actor (default: when the cluster has GPUs)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Measure a run's samples against its training data (FID, KID, precision/recall, class coverage, IS); log into the run."""
     from pipelines.evaluate import evaluate as run_evaluate
 
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
     result = run_evaluate(run_id, n=n, metrics=chosen, features=features, inception_weights=inception_weights,
-                          classifier_run=classifier, seed=seed, checkpoint=checkpoint, address=address, gpu=gpu)
+                          classifier_run=classifier, seed=seed, checkpoint=checkpoint, address=address, gpu=gpu,
+                          progress=not quiet)
     for name, value in result.metrics.items():
         typer.echo(f"{name:24s} {value:.6g}")
     extractor = f"classifier run {result.classifier_run}" if result.classifier_run else "InceptionV3"

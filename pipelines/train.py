@@ -253,14 +253,13 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
     from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
-    from pipelines.cluster.progress import ProgressReporter
+    from pipelines.cluster.progress import train_progress
     from pipelines.train_worker import train_loop_per_worker
 
     local = init_ray(address, verbose)
     resources, torch_threads = worker_resources(run.workers, run.gpu, local, trial.cpus_per_worker)
-    ray.data.DataContext.get_current().enable_progress_bars = verbose
     dataset = training_dataset(data_dir, manifest)
-    reporter = ProgressReporter(cfg.steps, enabled=progress)
+    reporter = train_progress(cfg.steps, enabled=progress)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={

@@ -238,7 +238,7 @@ class _RankZero:
                               synchronous=False)
         if self.progress is not None:
             try:
-                self.progress.put_nowait({"step": step, **history[-1][1]})
+                self.progress.put_nowait({"done": step, **history[-1][1]})
             except Exception:  # noqa: BLE001 - a full queue only drops a progress update
                 pass
 
