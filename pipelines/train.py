@@ -23,7 +23,7 @@ from wgan.errors import UserError
 from wgan.knobs import knobs
 from pipelines import tracking
 from pipelines.cluster import checkpoints
-from pipelines.tracking import run_tags
+from pipelines.tracking import run_tags, system_metrics
 from pipelines.cluster.connect import init_ray, through_ray_client, worker_resources
 
 DEFAULT_STORAGE = "ray_results"
@@ -272,6 +272,7 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
             "objective": trial.objective,
             "init_checkpoint": trial.init_checkpoint,
             "in_memory": isinstance(dataset, MaterializedDataset),  # small: each worker holds its shard
+            "system_metrics_interval_s": system_metrics.SAMPLING_INTERVAL_S,  # rank 0's machine, in the run
             # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
             # variables set after Ray started.
             "fail_at_step": int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None,
