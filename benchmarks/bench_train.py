@@ -44,6 +44,11 @@ critic layer norm) and the DCGAN networks of `wgan.networks`.
    Data's iterator, the path of larger ones). Ray's workers run at nice 0 here, not Ray's
    default 15, so that they compete for the CPU as this process does.
    Ray Train + MLflow / plain is the target; / ours is the pipeline's own overhead.
+3. System metrics (--system-metrics): the same Ray Train + MLflow run with rank 0's system metrics
+   (MLflow's monitor, every `pipelines.tracking.system_metrics.SAMPLING_INTERVAL_S`) on and off,
+   in turns (the order swapped each round); a run's rate is its median logged rate as in 2, in
+   generator steps/s, and the table gives each setting's median and the median of the rounds'
+   on / off ratios, with the samples each "on" run logged (runs must last several intervals).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.cluster import console  # noqa: E402
 from wgan.config import RunSettings, TrainConfig  # noqa: E402
 from wgan.networks import build_critic, build_generator  # noqa: E402
 from wgan.precision import cpu_has_bf16  # noqa: E402
@@ -238,29 +244,50 @@ def bench_step(sizes: list[int], width: int, batch: int, steps: int, rounds: int
         print(f"({size} px: {flops / 1e9:.1f} GFLOP per step; took {time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, rounds: int, work: Path,
-              device: torch.device, stream: bool) -> None:
-    from mlflow.tracking import MlflowClient
-
+def ray_setup(data_dir: str | None, work: Path, stream: bool) -> str:
+    """A local Ray and an MLflow store in ``work``; the prepared data (Fashion-MNIST 28 px, prepared there)."""
     import pipelines.train
+    from pipelines.cluster.connect import init_ray
     from pipelines.prepare import prepare
-    from pipelines.cluster.connect import init_ray, worker_resources
 
-    gpu = device.type == "cuda"
-    print(f"\n== Ray Train, 1 {'GPU' if gpu else 'CPU'} worker, MLflow logging on, 28 px, {rounds} runs of "
-          f"{train_steps} steps, data {'streamed through Ray Data' if stream else 'held by the worker'} ==")
     os.chdir(work)  # the MLflow store, its artifacts and Ray's results stay in the temporary directory
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     os.environ["RAY_worker_niceness"] = "0"  # Ray's default 15 starves the worker on a shared machine
     if stream:  # the path of a dataset too large to hold: every batch through Ray Data's iterator
         pipelines.train.MATERIALIZE_MAX_SHARE = 0.0
     init_ray()
-    if data_dir is None:
+    if data_dir is None:  # a second call finds it up to date
         data_dir = prepare("fashion-mnist", size=28, splits=["train"], out=str(work / "fm28"), progress=False).out
-    # the default logging interval, shortened where the run is too short for 8 intervals
+    return data_dir
+
+
+def ray_run(width: int, train_steps: int, work: Path, gpu: bool) -> tuple[TrainConfig, RunSettings]:
+    """The Ray run's config and settings: the default logging interval, shortened where the run
+    is too short for 8 intervals."""
     cfg = config(28, width, steps=train_steps)
     settings = RunSettings(log_every=min(RunSettings.log_every, max(1, train_steps // 8)), gpu=gpu, precision="fp32",
                            storage_path=str(work / "ray_results"))
+    return cfg, settings
+
+
+def logged_rate(client, run_id: str) -> float:
+    """A run's rate: the median of its logged images/s without the first interval (start-up)."""
+    history = sorted(client.get_metric_history(run_id, "throughput/images_per_s"), key=lambda m: m.step)
+    return statistics.median(m.value for m in history[1:])
+
+
+def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, rounds: int, work: Path,
+              device: torch.device, stream: bool) -> None:
+    from mlflow.tracking import MlflowClient
+
+    import pipelines.train
+    from pipelines.cluster.connect import worker_resources
+
+    gpu = device.type == "cuda"
+    print(f"\n== Ray Train, 1 {'GPU' if gpu else 'CPU'} worker, MLflow logging on, 28 px, {rounds} runs of "
+          f"{train_steps} steps, data {'streamed through Ray Data' if stream else 'held by the worker'} ==")
+    data_dir = ray_setup(data_dir, work, stream)
+    cfg, settings = ray_run(width, train_steps, work, gpu)
     if not gpu:
         torch.set_num_threads(worker_resources(1, False, local=True)[1])  # the worker's thread count
     loops = {"plain loop": plain_step(cfg, *networks(cfg, device)), "ours": our_step(cfg, *networks(cfg, device))}
@@ -279,7 +306,7 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
         after = measure(loops, reals, window, 2)
         history = sorted(MlflowClient().get_metric_history(result.run_id, "throughput/images_per_s"),
                          key=lambda m: m.step)
-        rate = statistics.median(m.value for m in history[1:])
+        rate = logged_rate(MlflowClient(), result.run_id)
         # over all intervals, weighted by time (their step counts are equal): checkpoints and grids included
         overall = statistics.harmonic_mean([m.value for m in history[1:]])
         pipeline_rates.append(rate)
@@ -297,6 +324,43 @@ def bench_ray(data_dir: str | None, width: int, train_steps: int, steps: int, ro
     for name in loops:
         print(f"Ray Train + MLflow / {name}: {statistics.median(ratios[name]):.2f}x "
               f"(median of the runs' ratios: {', '.join(f'{x:.2f}' for x in ratios[name])})")
+
+
+def bench_system_metrics(data_dir: str | None, width: int, train_steps: int, rounds: int, work: Path,
+                         device: torch.device, stream: bool) -> None:
+    """Ray Train + MLflow with rank 0's system metrics on against off, in turns."""
+    from mlflow.tracking import MlflowClient
+
+    import pipelines.train
+    from pipelines.tracking import system_metrics
+
+    gpu = device.type == "cuda"
+    interval = system_metrics.SAMPLING_INTERVAL_S or 10.0
+    print(f"\n== Ray Train + MLflow, 1 {'GPU' if gpu else 'CPU'} worker, system metrics every {interval:g} s "
+          f"on and off, {rounds} rounds of a run each, {train_steps} steps, width {width} ==")
+    data_dir = ray_setup(data_dir, work, stream)
+    cfg, settings = ray_run(width, train_steps, work, gpu)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    try:
+        for r in range(rounds):
+            for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                system_metrics.SAMPLING_INTERVAL_S = interval if name == "on" else None
+                start = time.perf_counter()
+                result = pipelines.train.train(cfg, data_dir, experiment="bench-system-metrics", run=settings,
+                                               progress=False)
+                seconds = time.perf_counter() - start
+                client = MlflowClient()
+                rate = logged_rate(client, result.run_id) / (cfg.n_critic * cfg.batch)
+                rates[name].append(rate)
+                samples = len(client.get_metric_history(result.run_id, "system/cpu_utilization_percentage"))
+                print(f"round {r + 1}, system metrics {name}: {rate:.3f} steps/s ({samples} samples; "
+                      f"train() {seconds:.0f} s)", flush=True)
+    finally:
+        system_metrics.SAMPLING_INTERVAL_S = interval
+    ratios = [on / off for on, off in zip(rates["on"], rates["off"])]
+    print(f"system metrics on: {statistics.median(rates['on']):.3f} steps/s, off: "
+          f"{statistics.median(rates['off']):.3f} steps/s (medians of {rounds} runs); on / off: "
+          f"{statistics.median(ratios):.3f}x (the rounds': {', '.join(f'{x:.3f}' for x in ratios)})")
 
 
 def main() -> None:
@@ -318,9 +382,12 @@ def main() -> None:
                         help="Ray Train runs, each between two timings of the loops (default: --rounds)")
     parser.add_argument("--stream", action="store_true",
                         help="stream the Ray run's data through Ray Data, as for a dataset too large to hold")
+    parser.add_argument("--system-metrics", action="store_true",
+                        help="also Ray Train + MLflow with rank 0's system metrics on against off (steps/s, ratio)")
     parser.add_argument("--data", default=None,
                         help="a prepared 28 px dataset for the Ray run (default: Fashion-MNIST, prepared here)")
     args = parser.parse_args()
+    console.quiet()  # the tables only: Ray's and MLflow's logging stays in Ray's log files (as `wganctl` does)
     rounds = args.rounds or (1 if args.quick else 3)
     train_steps = args.ray_steps or (8 if args.quick else 64)
 
@@ -334,10 +401,15 @@ def main() -> None:
     if args.sizes:
         bench_step([int(s) for s in args.sizes.split(",")], args.width, args.batch, args.steps, rounds, device,
                    compile_generator=not args.no_compile)
-    if not args.no_ray:
+    if not args.no_ray or args.system_metrics:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as work:
-            bench_ray(args.data and os.path.abspath(args.data), args.width, train_steps, args.steps,
-                      args.ray_rounds or rounds, Path(work), device, args.stream)
+            data = args.data and os.path.abspath(args.data)
+            if not args.no_ray:
+                bench_ray(data, args.width, train_steps, args.steps, args.ray_rounds or rounds, Path(work), device,
+                          args.stream)
+            if args.system_metrics:
+                bench_system_metrics(data, args.width, train_steps, args.ray_rounds or rounds, Path(work), device,
+                                     args.stream)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 

@@ -18,6 +18,7 @@ import typer
 from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
 from pipelines.cli_options import config_values, knob_options
+from pipelines.cluster import console
 from pipelines.search_space import SweepSettings
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ RUN_HELP = ("MLflow run id of a training run, or a registered version of its gen
 @app.callback()
 def _root() -> None:
     """Train, sweep and compare Wasserstein GANs on Ray, tracked in MLflow."""
+    console.quiet()  # before any stage module imports Ray Data or MLflow: they read it then
     # MLflow announces creating its sqlite tables on stderr; errors must stay one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -135,10 +137,12 @@ def train(
                                           "name with _ (options given here win)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
-    verbose: bool = typer.Option(False, "--verbose", help="show Ray's worker and controller logs"),
+    verbose: bool = typer.Option(False, "--verbose", help="show Ray's and MLflow's own logs and progress bars"),
     **knob_values,
 ) -> None:
     """Train WGAN, WGAN-GP or a standard GAN on Ray Train; every run is logged to MLflow."""
+    if verbose:
+        console.verbose()
     from pipelines.train import TrainingFailed, train as run_train
 
     values = config_values(config, knob_values, TrainConfig, RunSettings)
@@ -270,13 +274,15 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="latent and subset seed"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per sampling/feature actor (default: when the cluster has GPUs)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Measure a run's samples against its training data (FID, KID, precision/recall, class coverage, IS); log into the run."""
     from pipelines.evaluate import evaluate as run_evaluate
 
     chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
     result = run_evaluate(run_id, n=n, metrics=chosen, features=features, inception_weights=inception_weights,
-                          classifier_run=classifier, seed=seed, checkpoint=checkpoint, address=address, gpu=gpu)
+                          classifier_run=classifier, seed=seed, checkpoint=checkpoint, address=address, gpu=gpu,
+                          progress=not quiet)
     for name, value in result.metrics.items():
         typer.echo(f"{name:24s} {value:.6g}")
     extractor = f"classifier run {result.classifier_run}" if result.classifier_run else "InceptionV3"

@@ -55,7 +55,7 @@ class EvaluationResult:
 def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = None,
              features: str = "classifier", classifier_run: str | None = None, seed: int = 0,
              inception_weights: str | None = None, checkpoint: int | None = None, address: str | None = None,
-             gpu: bool | None = None) -> EvaluationResult:
+             gpu: bool | None = None, progress: bool = True) -> EvaluationResult:
     """Sample ``n`` images from run ``run_id``'s generator, compute ``metrics`` against its training data, log them.
 
     ``run_id``: a run id, or a registered version's ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
@@ -65,7 +65,8 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     as the literature uses it, from the local ``inception_weights`` file). ``address``: the Ray
     cluster to sample and embed on (default RAY_ADDRESS, else a local Ray); ``gpu``: one GPU per
     sampling/embedding actor (default: when the cluster has GPUs); ``checkpoint``: evaluate the generator of the run's checkpoint at
-    that step instead of its logged model (metrics are logged at that step: a quality curve)."""
+    that step instead of its logged model (metrics are logged at that step: a quality curve);
+    ``progress``: show the samples drawn and the reference features embedded (`pipelines.cluster.progress`)."""
     if features not in FEATURES:
         raise UserError(f"unknown feature extractor {features!r}: choose from {', '.join(FEATURES)}")
     metrics = tuple(metrics or DEFAULT_METRICS[features])
@@ -103,7 +104,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         import ray
 
         gpu = ray.cluster_resources().get("GPU", 0) > 0
-    reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu)
+    reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu, progress=progress)
 
     if checkpoint is None:
         # the sampler reads the class count from the model; the per-class metrics' K is checked against it
@@ -113,7 +114,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     else:
         generator, step = checkpoint_generator(_checkpoint_payload(run, checkpoint)), checkpoint
         tags["eval.checkpoint_step"] = str(checkpoint)
-    drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu)
+    drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu, progress=progress)
     images, sample_features, sample_logits = drawn["image"], drawn["features"], drawn["logits"]
     prefix = "eval/inception/" if inception else "eval/"
     results = {}

@@ -2,7 +2,7 @@
 
 The driver validates everything and loads or lists the source before Ray
 starts, picks the rows and cuts them into shards; Ray Data encodes the shards in
-parallel (its progress bar counts images) and a datasink writes each shard and
+parallel (the progress counts shards written) and a datasink writes each shard and
 reports its checksum and pixel moments. The build goes to ``<out>.tmp-<random>``
 and is moved to ``<out>`` only when complete, manifest last
 (docs/architecture.md, section 1).
@@ -33,6 +33,7 @@ from ray.data.datasource import Datasink, WriteResult
 
 import wgan
 from pipelines.cluster.connect import init_ray, through_ray_client
+from pipelines.cluster.progress import QueueFeed, StageProgress
 from wgan.data import fs as datafs
 from wgan.data.imagefolder import load_image_folder
 from wgan.data.images import pack_images
@@ -210,14 +211,16 @@ def _encode_and_write(
     channels: int,
     progress: bool,
 ) -> tuple[list[ShardSummary], list[tuple[str, str]]]:
-    """Run the Ray Data pipeline plans -> encoded rows -> shard files; the written shards (in order) and unreadable files."""
+    """Run the Ray Data pipeline plans -> encoded rows -> shard files; the written shards (in order) and unreadable files.
+
+    With ``progress``, the write tasks count the shards they write (`pipelines.cluster.progress`)."""
     context = DataContext.get_current().copy()
     context.execution_options.preserve_order = True
-    context.enable_progress_bars = progress
     # One fused operator: reserving part of the CPUs for "other operators" only idles them (half the CPUs on 2 cores).
     context.op_resource_reservation_enabled = False
-    sink = _ShardSink(filesystem, directory, size, channels)
-    with DataContext.current(context):
+    feed = QueueFeed(StageProgress("prepare", len(plans), "shards", enabled=progress))
+    sink = _ShardSink(filesystem, directory, size, channels, feed.queue)
+    with DataContext.current(context), feed:
         part_refs = [ray.put(part) for part in parts]
         (
             ray.data.from_items([dataclasses.asdict(plan) for plan in plans], override_num_blocks=len(plans))
@@ -248,8 +251,9 @@ def _encode_rows(batch: dict[str, np.ndarray], parts: list[ray.ObjectRef], size:
 class _ShardSink(Datasink[list[tuple[ShardSummary | None, list[tuple[str, str]]]]]):
     """Writes the rows of each shard number to part-<shard>.parquet; collects summaries and unreadable files on the driver."""
 
-    def __init__(self, filesystem: pafs.FileSystem, directory: str, size: int, channels: int) -> None:
+    def __init__(self, filesystem: pafs.FileSystem, directory: str, size: int, channels: int, progress=None) -> None:
         self.filesystem, self.directory, self.size, self.channels = filesystem, directory, size, channels
+        self.progress = progress  # a Ray queue that each written shard is counted in, or None
         self.shards: list[ShardSummary] = []
         self.unreadable: list[tuple[str, str]] = []
 
@@ -269,6 +273,8 @@ class _ShardSink(Datasink[list[tuple[ShardSummary | None, list[tuple[str, str]]]
                 else None
             )
             results.append((summary, list(zip(unreadable["unreadable_path"].to_pylist(), unreadable["unreadable_reason"].to_pylist()))))
+            if self.progress is not None:
+                self.progress.put({"advance": 1})
         return results
 
     def on_write_complete(self, write_result: WriteResult) -> None:

@@ -23,7 +23,7 @@ from wgan.errors import UserError
 from wgan.knobs import knobs
 from pipelines import tracking
 from pipelines.cluster import checkpoints
-from pipelines.tracking import run_tags
+from pipelines.tracking import run_tags, system_metrics
 from pipelines.cluster.connect import init_ray, through_ray_client, worker_resources
 
 DEFAULT_STORAGE = "ray_results"
@@ -253,14 +253,13 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
     from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
-    from pipelines.cluster.progress import ProgressReporter
+    from pipelines.cluster.progress import train_progress
     from pipelines.train_worker import train_loop_per_worker
 
     local = init_ray(address, verbose)
     resources, torch_threads = worker_resources(run.workers, run.gpu, local, trial.cpus_per_worker)
-    ray.data.DataContext.get_current().enable_progress_bars = verbose
     dataset = training_dataset(data_dir, manifest)
-    reporter = ProgressReporter(cfg.steps, enabled=progress)
+    reporter = train_progress(cfg.steps, enabled=progress)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -273,6 +272,7 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
             "objective": trial.objective,
             "init_checkpoint": trial.init_checkpoint,
             "in_memory": isinstance(dataset, MaterializedDataset),  # small: each worker holds its shard
+            "system_metrics_interval_s": system_metrics.SAMPLING_INTERVAL_S,  # rank 0's machine, in the run
             # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
             # variables set after Ray started.
             "fail_at_step": int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None,

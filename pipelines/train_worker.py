@@ -46,6 +46,7 @@ from pipelines.cluster import checkpoints
 from pipelines.tracking import run_tags
 from pipelines.objective import SampleQuality
 from pipelines.tracking.resilient_logging import BufferedMlflowClient
+from pipelines.tracking.system_metrics import SystemMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
 
 class _RankZero:
     """Rank 0's duties: MLflow logging, progress, grids, the objective, the generator's moving
-    average, and checkpoints. Other ranks get `_OtherRank`, whose methods do what every rank
+    average, the machine's system metrics, and checkpoints. Other ranks get `_OtherRank`, whose methods do what every rank
     must (report at the same steps, as Ray Train requires) and nothing else."""
 
     def __init__(self, client: BufferedMlflowClient, config: dict, cfg: TrainConfig, settings: RunSettings,
@@ -208,6 +209,9 @@ class _RankZero:
                 self.ema.load_state_dict(state.payload["generator_ema"])
         self.quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
                         if config.get("objective") else None)
+        # This machine's CPU, memory (and GPU) in the run, sampled by MLflow's monitor on a thread of its own.
+        interval = config.get("system_metrics_interval_s")
+        self.system = SystemMetrics(self.run_id, config["tracking_uri"], interval) if interval else None
 
     @property
     def sampler(self) -> torch.nn.Module:
@@ -221,6 +225,8 @@ class _RankZero:
         self.client.log_metric(self.run_id, "train/workers", world, step=self.state.start)
         if self.state.payload:  # visible in the run: where a restart (worker failure or --resume) picked up
             self.client.log_metric(self.run_id, "train/resumed_from_step", self.state.start, step=self.state.start)
+        if self.system is not None:
+            self.system.start()
 
     def stepped(self) -> None:
         if self.ema is not None:
@@ -231,7 +237,7 @@ class _RankZero:
         bad = next(((st, k) for st, vals in history for k, v in vals.items() if not math.isfinite(v)),
                    (step, "a value on another worker"))
         self.client.set_tag(self.run_id, run_tags.DIVERGED, f"{bad[1]} became non-finite at step {bad[0]}")
-        self.client.close()
+        self.finished()
 
     def log(self, history: list[tuple[int, dict[str, float]]], step: int, rate: float) -> None:
         history[-1][1]["throughput/images_per_s"] = rate
@@ -239,7 +245,7 @@ class _RankZero:
                               synchronous=False)
         if self.progress is not None:
             try:
-                self.progress.put_nowait({"step": step, **history[-1][1]})
+                self.progress.put_nowait({"done": step, **history[-1][1]})
             except Exception:  # noqa: BLE001 - a full queue only drops a progress update
                 pass
 
@@ -271,6 +277,8 @@ class _RankZero:
                              checkpoint_dir_name=checkpoints.dir_name(step))
 
     def finished(self) -> None:
+        if self.system is not None:
+            self.system.stop()
         self.client.close()
 
 

@@ -13,12 +13,16 @@ gets a new child run for each exploit: its hyperparameters changed).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
+import os
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,7 @@ import mlflow
 import numpy as np
 import ray
 from ray.train import UserCallback
+from ray.tune import Callback
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -38,6 +43,7 @@ from pipelines import objective, tracking
 from pipelines.cluster import checkpoints
 from pipelines.tracking import run_tags
 from pipelines.cluster.connect import through_ray_client
+from pipelines.cluster.progress import StageProgress, is_terminal
 from pipelines.search_space import SCHEDULERS, SweepSettings, load_space, to_param_space
 from pipelines.train import DEFAULT_STORAGE, TrainingFailed, TrialPlumbing, train
 
@@ -67,6 +73,52 @@ class ForwardReports(UserCallback):
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         self.queue.put({**metrics[0], "checkpoint_path": checkpoints.location(checkpoint) if checkpoint else None})
+
+
+class TrialProgress(Callback):
+    """Off a terminal, Tune's live table is replaced by a plain line now and then
+    (`pipelines.cluster.progress`): trials ended out of all, how many run, the best objective yet.
+    Runs on the driver, as Tune's callbacks do."""
+
+    def __init__(self, trials: int):
+        self.trials = trials
+        self.best = math.inf
+        self.ended: set[str] = set()  # Tune sets a trial's status after calling on_trial_complete/_error
+        self.progress: StageProgress | None = None
+
+    def __getstate__(self) -> dict:  # Tune saves its run config with the sweep's state: no lock in it
+        return {**self.__dict__, "progress": None}
+
+    def setup(self, **info) -> None:
+        self.progress = StageProgress("tune", self.trials, "trials ended", terminal=False, describe=self._describe)
+        self.progress.__enter__()
+
+    @staticmethod
+    def _describe(fields: dict) -> str:
+        best = fields["best"]
+        return (f"{fields['running']} running  "
+                + (f"best Frechet distance {best:.3f}" if math.isfinite(best) else "no objective yet"))
+
+    def _show(self, trials: list) -> None:
+        if self.progress is None:
+            self.setup()
+        self.ended |= {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+        running = sum(t.status == "RUNNING" and t.trial_id not in self.ended for t in trials)
+        self.progress.update(len(self.ended), running=running, best=self.best)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(objective.METRIC)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.best = min(self.best, value)
+        self._show(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
+        self._show(trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.ended.add(trial.trial_id)
+        self._show(trials)
 
 
 def _report_to_tune(item: dict[str, Any]) -> None:
@@ -316,10 +368,35 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
                                         search_alg=_searcher(sweep.seed, concurrent),
                                         max_concurrent_trials=None if sweep.seed is not None else concurrent),
             run_config=tune.RunConfig(name=datafs.name(tune_path), storage_path=datafs.parent(tune_path),
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      **_console(trials)),
         )
-    grid = tuner.fit()
+    with _tune_output():
+        grid = tuner.fit()
     return _summarise(client, grid, parent_run_id, experiment, register, alias, storage_path, reports)
+
+
+def _console(trials: int) -> dict[str, Any]:
+    """RunConfig arguments: on a terminal Tune's own live table; elsewhere (a file, a pipe) a
+    plain line now and then instead (`TrialProgress`), and Tune silent (see `_tune_output`)."""
+    if is_terminal(sys.stdout):
+        return {}
+    return {"verbose": 0, "callbacks": [TrialProgress(trials)]}
+
+
+@contextlib.contextmanager
+def _tune_output() -> Iterator[None]:
+    """Off a terminal, Tune's legacy output engine while it runs (``RAY_AIR_NEW_OUTPUT=0``, read as
+    the sweep starts): the new one prints the experiment's configuration and paths even at
+    ``verbose=0``; the legacy one then prints nothing. A value the user set is kept."""
+    if is_terminal(sys.stdout) or "RAY_AIR_NEW_OUTPUT" in os.environ:
+        yield
+        return
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
 
 
 def _latest_classifier(client: MlflowClient, data_dir: str) -> str:

@@ -157,6 +157,23 @@ class InBackground:
         return self._outcome["value"]
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wganctl_to_files(args: list[str], cwd: Path, timeout: float = JOB_TIMEOUT_S, **env: str) -> tuple[str, str]:
+    """Run this checkout's `wganctl ARGS` (not the installed entry point's: PYTHONPATH, which a local
+    Ray it starts passes on to its workers) in ``cwd`` with stdout and stderr to files, as a user's
+    redirected run: no terminal. Returns (stdout, stderr); fails on exit != 0."""
+    out, err = cwd / "wganctl.out", cwd / "wganctl.err"
+    with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        code = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=cwd, stdout=stdout, stderr=stderr,
+                              stdin=subprocess.DEVNULL, timeout=timeout, check=False,
+                              env=clean_env(PYTHONPATH=str(REPO), **env)).returncode
+    printed = out.read_text(errors="replace"), err.read_text(errors="replace")
+    assert code == 0, f"wganctl {' '.join(args)} exited {code}:\n{printed[0][-3000:]}\n{printed[1][-3000:]}"
+    return printed
+
+
 def train_worker_pids() -> list[int]:
     """PIDs of the live Ray Train workers of this process's Ray (what a killed-worker test kills).
 

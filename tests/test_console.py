@@ -1,8 +1,13 @@
-"""What a user sees: the MLflow UI link a command ends with, the dataset a run shows, a model logged without warnings."""
+"""What a user sees: the MLflow UI link a command ends with, the dataset a run shows, a model logged without
+warnings, progress as a bar on a terminal and as a plain line now and then elsewhere (a command's whole console,
+redirected to a file, is checked by tests/test_train.py's first test)."""
 
 from __future__ import annotations
 
+import io
 import json
+import pickle
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -16,6 +21,7 @@ from typer.testing import CliRunner
 import pipelines.train
 from pipelines import tracking
 from pipelines.cli import app
+from pipelines.cluster.progress import StageProgress, train_stats
 from wgan.config import RunSettings, TrainConfig
 from wgan.data.manifest import manifest_sha256
 from wgan.images import to_uint8
@@ -95,3 +101,69 @@ def test_the_generator_model_logs_without_warnings_and_samples_the_class_asked_f
         assert drawn.shape == (4, 28, 28, 1) and drawn.dtype == np.uint8
         assert np.abs(drawn.astype(int) - expected.astype(int)).max() <= 1
     assert not np.array_equal(model.predict(z, params={"label": 0}), model.predict(z, params={"label": 2}))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def plain_progress(total: int, clock: FakeClock, **kwargs) -> tuple[StageProgress, io.StringIO]:
+    stream = io.StringIO()
+    return StageProgress("train", total, "step", stream=stream, terminal=False, clock=clock, **kwargs), stream
+
+
+def test_off_a_terminal_progress_is_a_plain_line_every_tenth_of_the_run_and_at_its_end():
+    clock = FakeClock()
+    progress, stream = plain_progress(100, clock, describe=train_stats)
+    with progress:
+        for step in range(1, 101):
+            clock.now += 1.0  # a tenth takes 10 s: the 30 s rule never comes first
+            progress.update(step, wasserstein_estimate=0.5, **{"loss/critic": -0.25, "loss/generator": 1.0,
+                                                                "throughput/images_per_s": 640.0})
+    lines = stream.getvalue().splitlines()
+    assert [int(line.split()[2].split("/")[0]) for line in lines] == list(range(10, 101, 10))
+    assert lines[4] == "train: step 50/100 (50%)  W +0.500  D -0.250  G +1.000  640 img/s  ETA 0:00:50"
+    assert lines[-1].endswith("(100%)  W +0.500  D -0.250  G +1.000  640 img/s  ETA 0:00:00")
+
+
+def test_off_a_terminal_a_slow_run_gets_a_line_every_30_s():
+    clock = FakeClock()
+    progress, stream = plain_progress(1000, clock)
+    with progress:
+        for step in range(1, 11):
+            clock.now += 10.0
+            progress.update(step)
+        progress.update(1000)
+    assert [line.split()[2] for line in stream.getvalue().splitlines()] == ["3/1000", "6/1000", "9/1000", "1000/1000"]
+
+
+def test_on_a_terminal_progress_is_a_bar_and_no_plain_lines():
+    stream = io.StringIO()
+    with StageProgress("prepare", 4, "shards", stream=stream, terminal=True) as progress:
+        for _ in range(4):
+            progress.advance()
+    assert progress.done == 4 and "prepare" in stream.getvalue()
+    assert not re.search(r"^prepare: shards \d", stream.getvalue(), re.MULTILINE)
+
+
+def test_off_a_terminal_a_sweep_is_a_plain_line_of_trials_ended_and_the_best_objective(monkeypatch):
+    from pipelines.objective import METRIC
+    from pipelines.tune import TrialProgress
+
+    printed = io.StringIO()
+    monkeypatch.setattr("sys.stdout", printed)
+    callback = pickle.loads(pickle.dumps(TrialProgress(2)))  # Tune saves its callbacks with the sweep's state
+    callback.setup()
+    trials = [SimpleNamespace(trial_id="a", status="RUNNING"), SimpleNamespace(trial_id="b", status="RUNNING")]
+    callback.on_trial_result(1, trials, trials[0], {METRIC: 12.5})
+    callback.on_trial_complete(1, trials, trials[0])  # Tune sets the status after the callback
+    trials[0].status = "TERMINATED"
+    callback.on_trial_error(2, trials, trials[1])
+    pickle.dumps(callback)
+    assert [re.sub(r"  ETA .*", "", line) for line in printed.getvalue().splitlines()] == [
+        "tune: trials ended 1/2 (50%)  1 running  best Frechet distance 12.500",
+        "tune: trials ended 2/2 (100%)  0 running  best Frechet distance 12.500"]

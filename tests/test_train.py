@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -16,7 +18,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from tests.processes import InBackground, train_worker_pids
+from pipelines.cluster.checkpoints import run_checkpoints
+from tests.processes import InBackground, train_worker_pids, wganctl_to_files
 from pipelines.train import TrainingFailed, logged_run_settings, train
 from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
@@ -32,14 +35,35 @@ def metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_train_run_is_logged_whole_and_its_model_samples(tiny_dataset, ray_session, mlflow_store, tmp_path):
+# What Ray's and MLflow's own loggers print: worker output, log records, warnings, download bars.
+NOT_OURS = re.compile(r"^\(.*pid=|INFO|WARNING|UserWarning|Downloading artifacts")
+PLAIN_PROGRESS = re.compile(r"^train: step \d+/4 \(\d+%\)  W [+-]\d+\.\d{3}  D .*  \d+ img/s  ETA \d+:\d\d:\d\d$")
+
+
+def test_train_run_is_logged_whole_shows_only_our_lines_and_its_model_samples(tiny_dataset, ray_session,
+                                                                              mlflow_store, tmp_path):
+    # From the command line, stdout and stderr to files (as `wganctl train > log`), on a local Ray of its own
+    # (as a user's first run: its start-up's logging too; its workers run this checkout's code).
     # g_ema 0.5: a moving average that differs visibly from the last weights after 4 steps
-    cfg = TrainConfig(loss="wgan-gp", steps=4, g_ema=0.5, **SMALL)
-    result = train(cfg, tiny_dataset, run=EVERY_2, experiment="t", progress=False)
+    stdout, stderr = wganctl_to_files(
+        ["train", "--data", tiny_dataset, "--loss", "wgan-gp", "--steps", "4", "--g-ema", "0.5", "--width", "8",
+         "--z-dim", "16", "--batch", "16", "--log-every", "2", "--sample-every", "2", "--checkpoint-every", "2",
+         "--experiment", "t"],
+        tmp_path, MLFLOW_TRACKING_URI=mlflow_store)
+    run_id = re.search(r"^run (\w+): 4 steps", stdout, re.MULTILINE).group(1)
+    # Our lines only: a plain progress line per half of the run (no terminal, no bar), the result, the run's URL.
+    lines = stdout.splitlines() + stderr.splitlines()
+    assert [line for line in lines if NOT_OURS.search(line)] == [] and stderr == ""
+    assert len([line for line in lines if PLAIN_PROGRESS.match(line)]) == 2, stdout
+    assert re.search(rf"^open the run: http://127\.0\.0\.1:5000/#/experiments/\d+/runs/{run_id}"
+                     rf"\?workflowType=machine_learning$", stdout, re.MULTILINE), stdout
+    result = SimpleNamespace(run_id=run_id, checkpoint_dir=run_checkpoints(str(tmp_path / "ray_results"), run_id)[-1])
 
     client = MlflowClient()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
+    # Rank 0's machine, by MLflow's system-metrics monitor: at least the sample it logs as it stops.
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     params = run.data.params
     # the paper's WGAN-GP defaults, resolved and logged whole
     assert (params["loss"], params["lr"], params["n_critic"], params["lambda_gp"]) == ("wgan-gp", "0.0001", "5", "10.0")

@@ -222,22 +222,28 @@ def _pool(gpu: bool, concurrency: int | None) -> dict:
 
 
 def sample_and_embed(generator: dict, n: int, seed: int, extractor: dict, *,
-                     gpu: bool = False, concurrency: int | None = None) -> dict[str, np.ndarray]:
+                     gpu: bool = False, concurrency: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """``n`` samples of ``generator`` (`logged_generator` or `checkpoint_generator`; uint8 NHWC,
-    row order) with their features and logits."""
+    row order) with their features and logits; ``progress`` counts the samples drawn."""
     import ray.data
+
+    from pipelines.cluster.progress import StageProgress
 
     dataset = ray.data.range(n).map_batches(
         SampleAndEmbed, batch_size=_batch(extractor), batch_format="numpy",
         fn_constructor_kwargs=dict(extractor=extractor, gpu=gpu, generator=generator, seed=seed),
         **_pool(gpu, concurrency))
-    return _collect(dataset, ("row", "image", "features", "logits"), order_by="row")
+    return _collect(dataset, ("row", "image", "features", "logits"), order_by="row",
+                    progress=StageProgress("evaluate", n, "samples", enabled=progress))
 
 
 def embed_shards(paths: list[str], size: int, channels: int, extractor: dict, *, gpu: bool = False,
-                 concurrency: int | None = None) -> np.ndarray:
-    """Features of every row of the given parquet shards, in row order."""
+                 concurrency: int | None = None, rows: int | None = None) -> np.ndarray:
+    """Features of every row of the given parquet shards, in row order; given the number of
+    ``rows`` they hold, a progress counts the rows embedded."""
     import ray.data
+
+    from pipelines.cluster.progress import StageProgress
 
     options = ray.data.DataContext.get_current().execution_options
     ordered = options.preserve_order
@@ -247,16 +253,20 @@ def embed_shards(paths: list[str], size: int, channels: int, extractor: dict, *,
             EmbedShards, batch_size=_batch(extractor), batch_format="pyarrow",
             fn_constructor_kwargs=dict(extractor=extractor, gpu=gpu, size=size, channels=channels),
             **_pool(gpu, concurrency))
-        return _collect(dataset, ("features",))["features"]
+        progress = StageProgress("evaluate", rows or 0, "reference features", enabled=rows is not None)
+        return _collect(dataset, ("features",), progress=progress)["features"]
     finally:
         options.preserve_order = ordered
 
 
-def _collect(dataset, columns: tuple[str, ...], order_by: str | None = None) -> dict[str, np.ndarray]:
+def _collect(dataset, columns: tuple[str, ...], *, progress, order_by: str | None = None) -> dict[str, np.ndarray]:
+    """The dataset's ``columns``, batch after batch (``progress``, a `StageProgress`, counts the rows)."""
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        for c in columns:
-            parts[c].append(batch[c])
+    with progress:
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for c in columns:
+                parts[c].append(batch[c])
+            progress.advance(len(batch[columns[0]]))
     out = {c: np.concatenate(v) for c, v in parts.items()}
     if order_by is not None:
         order = np.argsort(out[order_by], kind="stable")

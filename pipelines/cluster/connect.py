@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import ray
 
+from pipelines.cluster.console import ray_logging_level
 from wgan.errors import UserError
 
 # Settings for a Ray started on this machine (a cluster keeps its own):
@@ -38,18 +39,24 @@ def init_ray(address: str | None = None, verbose: bool = False) -> bool:
     A local Ray starts its dashboard (on 127.0.0.1:8265, about 1 s of start-up here):
     Ray Train frees the workers of a run whose driver died (a sweep's early-stopped
     trial) only after Ray's state API, served by the dashboard, says so; without it
-    those CPUs stay held until Ray stops. Worker logs reach the terminal only with
-    ``verbose``: errors come back through exceptions anyway.
+    those CPUs stay held until Ray stops. Worker logs, the driver's Ray logging below errors
+    and Ray Data's progress bars reach the terminal only with ``verbose``
+    (`pipelines.cluster.console`): errors come back through exceptions anyway.
     A local Ray also gets LOCAL_RAY_ENV (train workers polled every 0.25 s, no
     preemption watcher); a cluster keeps its own settings.
     """
+    import ray.data
+
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
+        level = ray_logging_level(verbose)
         if address:
-            ray.init(address=address, log_to_driver=verbose)
+            ray.init(address=address, log_to_driver=verbose, logging_level=level)
         else:
             use_local_ray_env()
-            ray.init(include_dashboard=True, log_to_driver=verbose)
+            ray.init(include_dashboard=True, log_to_driver=verbose, logging_level=level)
+    # Ray Data's own progress bars (or, off a terminal, progress logs): the stages show theirs.
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
     return not address
 
 

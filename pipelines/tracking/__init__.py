@@ -1,7 +1,7 @@
 """What the stages share in MLflow: the run layout of a training run (docs/architecture.md,
 section 3), written here, with its tag names (`run_tags`), rank 0's outage-proof client
-(`resilient_logging`), the logged generator model (`generator_model`) and the tracking server
-of `wganctl server` (`server`)."""
+(`resilient_logging`), rank 0's system metrics (`system_metrics`), the logged generator model
+(`generator_model`) and the tracking server of `wganctl server` (`server`)."""
 
 from __future__ import annotations
 
