@@ -116,9 +116,7 @@ class TrialProgress(Callback):
         self.ended.add(trial.trial_id)
         self._show(trials)
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.ended.add(trial.trial_id)
-        self._show(trials)
+    on_trial_error = on_trial_complete  # an errored trial has ended too
 
 
 def _report_to_tune(item: dict[str, Any]) -> None:

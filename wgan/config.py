@@ -41,7 +41,7 @@ ARCH_WIDTHS = {"dcgan": 64, "resnet": 128, "mlp": 64}
 # DiffAugment's ops (Zhao et al. 2020; `wgan.diffaugment`) and what --augment diffaug stands for:
 # all three, the authors' recommendation for small datasets (their README).
 AUGMENT_OPS = ("color", "translation", "cutout")
-DEFAULT_AUGMENT_POLICY = ("color", "translation", "cutout")
+DEFAULT_AUGMENT_POLICY = AUGMENT_OPS
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CONDITIONINGS = ("projection", "aux")
 

@@ -59,7 +59,7 @@ class SystemMetrics:
     worker's log, never the run's failure.
     """
 
-    def __init__(self, run_id: str, tracking_uri: str, interval_s: float = 10.0):
+    def __init__(self, run_id: str, tracking_uri: str, interval_s: float):
         self.run_id, self.tracking_uri, self.interval_s = run_id, tracking_uri, interval_s
         self.monitor = None
         self._opening: threading.Thread | None = None
