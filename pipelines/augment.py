@@ -30,7 +30,7 @@ from wgan.errors import UserError
 from pipelines import tracking
 from pipelines.tracking import run_tags
 from pipelines.cluster.batch_inference import latents
-from pipelines.cluster.connect import init_ray
+from pipelines.cluster.connect import check_address, init_ray
 
 STAGE = "augment"
 BATCH = 64
@@ -50,12 +50,16 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
     """Classifier accuracy on the real test split, trained on real data alone and on real plus each run's samples."""
     if real_per_class < 1 or seeds < 1 or steps < 1:
         raise UserError("--real-per-class, --seeds and --steps must be >= 1")
+    if synthetic_per_class is not None and synthetic_per_class < 1:
+        raise UserError(f"--synthetic-per-class must be >= 1 (default: --real-per-class), got {synthetic_per_class}")
     synthetic_per_class = synthetic_per_class or real_per_class
+    tracking.check_experiment_name(experiment)
+    check_address(address)
     manifest = load_manifest(data_dir, verify=True)
     classes = manifest["class_names"]
     if not classes or not {"train", "test"} <= set(manifest["splits"]):
         raise UserError(f"{data_dir} needs class labels and train and test splits: prepare it without --split")
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client(needs=f"MLflow run {runs[0]!r}" if runs else "")
     arms: dict[str, tuple[str | None, bool]] = {"real": (None, True)}  # arm -> (generator run, real images in)
     for run_id in runs:
         run = tracking.get_run(client, run_id)

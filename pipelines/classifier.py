@@ -139,8 +139,11 @@ def train_classifier(data_dir: str, *, epochs: int = 4, batch: int = 128, lr: fl
     ``test_split="train"``: the accuracy is then on training images, and the run says so
     in its ``test_split`` parameter.
     """
-    if epochs < 1 or batch < 1 or lr <= 0:
+    if epochs < 1 or batch < 1 or not lr > 0:
         raise UserError("--epochs and --batch must be >= 1 and --lr > 0")
+    if seed < 0:
+        raise UserError(f"--seed must be zero or positive, not {seed}")
+    tracking.check_experiment_name(experiment)
     manifest = load_manifest(data_dir, verify=True)
     if not manifest["class_names"]:
         raise UserError(f"{data_dir} has no class labels: the classifier needs a labelled dataset")
@@ -151,7 +154,7 @@ def train_classifier(data_dir: str, *, epochs: int = 4, batch: int = 128, lr: fl
     params = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "train_split": train_split,
               "test_split": test_split, "data_dir": data_dir, **spec.to_dict()}
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client()
     run_id = _start_run(client, experiment, data_dir, manifest, params)
     try:
         torch.manual_seed(seed)
@@ -184,7 +187,7 @@ def train_classifier(data_dir: str, *, epochs: int = 4, batch: int = 128, lr: fl
 
 def load_classifier(run_id: str) -> Classifier:
     """The classifier of a `train-classifier` run, from its state dict artifact (no unpickling), in eval mode."""
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client(needs=f"classifier run {run_id!r}")
     run = tracking.get_run(client, run_id)
     if run.data.tags.get(run_tags.STAGE) != STAGE:
         raise UserError(f"MLflow run {run_id} is not a classifier run: give the id printed by `wganctl train-classifier`")

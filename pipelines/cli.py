@@ -6,14 +6,17 @@ Each command parses its options, calls one function of `pipelines.*`, and turns 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 
 from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
@@ -21,11 +24,45 @@ from pipelines.cli_options import config_values, knob_options
 from pipelines.cluster import console
 from pipelines.search_space import SweepSettings
 
+try:  # the Click that Typer parses with: its own copy since Typer 0.2x, else the installed one
+    from typer._click import exceptions as _click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_errors
+
+
+@contextlib.contextmanager
+def _usage_errors_in_one_line():
+    """A command line Click cannot parse (a value of the wrong type, an unknown option, a missing
+    argument) is bad input like any other: one line on stderr that says what to do, exit 2."""
+    try:
+        yield
+    except getattr(_click_errors, "NoArgsIsHelpError", ()):
+        raise  # the help screen, not an error
+    except _click_errors.UsageError as err:
+        command = err.ctx.command_path if err.ctx is not None else "wganctl"
+        message = " ".join(err.format_message().split())
+        typer.echo(f"error: {message} (`{command} --help` lists the options)", err=True)
+        raise typer.Exit(code=2)
+
+
+class _OneLineUsageErrors(typer.core.TyperGroup):
+    """The root command: its own and its subcommands' parse errors in one line (`_usage_errors_in_one_line`)."""
+
+    def make_context(self, *args, **kwargs):
+        with _usage_errors_in_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx):
+        with _usage_errors_in_one_line():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
     name="wganctl",
     help="Train, sweep and compare Wasserstein GANs on Ray, tracked in MLflow.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_OneLineUsageErrors,
 )
 
 
@@ -41,6 +78,8 @@ def _root() -> None:
     # MLflow announces creating its sqlite tables on stderr; errors must stay one line.
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Nor may MLflow's bar for reading a run's small artifacts (config.json) precede an error.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def user_errors_exit_2(fn):
@@ -317,11 +356,17 @@ def server(
     basic_auth: bool = typer.Option(False, "--basic-auth", help="MLflow's basic-auth app: users and passwords (needs MLFLOW_FLASK_SERVER_SECRET_KEY; MLFLOW_AUTH_ADMIN_PASSWORD on first start)"),
 ) -> None:
     """Run an MLflow tracking server for Ray clusters: database backend, artifacts served through it."""
-    from pipelines.tracking.server import ServerSettings, exposure_warning, serve
+    from pipelines.tracking.server import (
+        ServerSettings,
+        exposure_warning,
+        preflight,
+        serve,
+    )
 
     settings = ServerSettings(host=host, port=port, backend_store_uri=backend_store_uri,
                               artifacts_destination=artifacts_destination, workers=workers,
                               basic_auth=basic_auth).resolved()
+    preflight(settings)  # an error is the one line printed: before the warning
     warning = exposure_warning(host, basic_auth)
     if warning:
         typer.echo(f"warning: {warning}", err=True)
@@ -331,10 +376,6 @@ def server(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)
     raise typer.Exit(code=code)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
 
 
 experiment_app = typer.Typer(help="Experiments built on the stages.", no_args_is_help=True)
@@ -363,3 +404,7 @@ def augment(
     for arm, (mean, spread) in result.summary.items():
         typer.echo(f"{arm:<16} {mean:>9.4f} {spread:>8.4f}")
     typer.echo(f"MLflow run {result.run_id}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

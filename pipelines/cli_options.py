@@ -55,6 +55,31 @@ def knob_options(*classes: type) -> Callable[[Callable[..., Any]], Callable[...,
     return decorate
 
 
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    """Whether a YAML value can be the knob type ``kind`` (an int is a float; a list is a tuple)."""
+    if value is None:
+        return True
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        return isinstance(value, (list, tuple)) and len(value) == len(items) and all(map(_fits, value, items))
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind) if isinstance(kind, type) else True
+
+
+def _check_types(config_file: Path, values: dict[str, Any], classes: tuple[type, ...]) -> None:
+    """Refuse a config file value of the wrong type (``batch: many``) before a comparison fails on it."""
+    for k in (k for cls in classes for k in knobs(cls) if k.name in values):
+        if not _fits(values[k.name], k.type):
+            kind = "two numbers" if typing.get_origin(k.type) is tuple else _KIND_WORDS.get(k.type, str(k.type))
+            raise UserError(f"config file {config_file}: {k.name} must be {kind}, got {values[k.name]!r}")
+
+
 def config_values(config_file: Path | None, given: dict[str, Any], *classes: type) -> dict[str, dict[str, Any]]:
     """The knob values of a ``--config`` YAML/JSON file overridden by the options given, split by
     class name: ``{"TrainConfig": {...}, "RunSettings": {...}}``. The file's keys are the knobs'
@@ -72,6 +97,7 @@ def config_values(config_file: Path | None, given: dict[str, Any], *classes: typ
             raise UserError(f"config file {config_file} is not valid YAML/JSON: {str(err).splitlines()[0]}")
         if not isinstance(values, dict):
             raise UserError(f"config file {config_file} must hold a mapping of option names to values")
+        _check_types(config_file, values, classes)
     values.update({k: v for k, v in given.items() if v is not None})
     # Every knob is a key, those set from the data too (image_size, channels: checked against it).
     owners = {k.name: cls.__name__ for cls in classes for k in knobs(cls)}

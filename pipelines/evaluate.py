@@ -34,7 +34,7 @@ from pipelines.cluster.batch_inference import (checkpoint_generator, classifier_
                                        latents, logged_generator, model_sampler, sample_and_embed)
 from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, load_classifier
 from pipelines.cluster.reference import Reference, reference_features
-from pipelines.cluster.connect import init_ray, through_ray_client
+from pipelines.cluster.connect import check_placeable, init_ray, through_ray_client
 
 METRICS = ("fid", "kid", "pr", "coverage", "is")
 FEATURES = ("classifier", "inception")
@@ -82,7 +82,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     if inception and not inception_weights:
         raise UserError("--features inception needs --inception-weights FILE: torch-fidelity's "
                         "weights-inception-2015-12-05-6726825d.pth, downloaded where a network exists")
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client(needs=f"MLflow run {run_id!r}")
     run = tracking.get_run(client, run_id)
     run_id = run.info.run_id  # a models:/ URI names its version's source run: evaluate logs there
     if run.data.tags.get(run_tags.STAGE) != "train":
@@ -99,11 +99,14 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         extractor = classifier_extractor(_matching_classifier(client, classifier_run, run, manifest))
         key = f"classifier-{classifier_run}"
         tags["eval.classifier_run"] = classifier_run
-    init_ray(address)
+    saved_at = None if checkpoint is None else _checkpoint_location(run, checkpoint)
+    local = init_ray(address)
     if gpu is None:
         import ray
 
         gpu = ray.cluster_resources().get("GPU", 0) > 0
+    elif gpu:
+        check_placeable({"GPU": 1}, 1, local=local)
     reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu, progress=progress)
 
     if checkpoint is None:
@@ -112,7 +115,9 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
                                      num_classes=int(run.data.params.get("num_classes", 0) or 0))
         step = int(run.data.tags.get(run_tags.COMPLETED_STEPS, "0"))
     else:
-        generator, step = checkpoint_generator(_checkpoint_payload(run, checkpoint)), checkpoint
+        from pipelines.cluster import checkpoints
+
+        generator, step = checkpoint_generator(checkpoints.load(saved_at)), checkpoint
         tags["eval.checkpoint_step"] = str(checkpoint)
     drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu, progress=progress)
     images, sample_features, sample_logits = drawn["image"], drawn["features"], drawn["logits"]
@@ -180,8 +185,8 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _checkpoint_payload(run, step: int) -> dict:
-    """The run's Ray Train checkpoint at ``step`` (local or remote storage), loaded without unpickling."""
+def _checkpoint_location(run, step: int) -> str:
+    """Where the run's Ray Train checkpoint at ``step`` is (local or remote storage); refused if it has none there."""
     from pipelines.cluster import checkpoints
 
     storage = run.data.tags.get(run_tags.STORAGE_PATH, "")
@@ -191,7 +196,7 @@ def _checkpoint_payload(run, step: int) -> dict:
         steps = ", ".join(str(int(datafs.name(where).removeprefix(checkpoints.DIR_PREFIX))) for where in saved)
         raise UserError(f"run {run.info.run_id} has no checkpoint at step {step} in {storage or 'its storage'}: "
                         f"give a step it checkpointed ({steps or 'none are left'})")
-    return checkpoints.load(wanted[0])
+    return wanted[0]
 
 
 def _file_sha256(path: str) -> str:
@@ -306,7 +311,9 @@ def compare(run_ids: list[str], out: str | Path | None = None) -> tuple[str, Pat
     Each of ``run_ids`` is a run id or a ``models:/`` URI (its version's source run)."""
     if not run_ids:
         raise UserError("give at least one run id")
-    client = MlflowClient(tracking.tracking_uri())
+    if out is not None and Path(out).suffix != ".png":
+        raise UserError(f"unsupported output {Path(out).name}: use a .png file")
+    client = tracking.client(needs=f"MLflow run {run_ids[0]!r}")
     runs = [tracking.get_run(client, run_id) for run_id in run_ids]
     for run in runs:
         if not any(key.startswith("eval/") for key in run.data.metrics):
@@ -327,8 +334,6 @@ def _side_by_side_grids(runs: list, out: Path) -> Path:
     import matplotlib.pyplot as plt
     from PIL import Image
 
-    if out.suffix != ".png":
-        raise UserError(f"unsupported output {out.name}: use a .png file")
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4.4), squeeze=False)
     with tempfile.TemporaryDirectory() as tmp:
         for ax, run in zip(axes[0], runs):

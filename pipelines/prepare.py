@@ -84,6 +84,9 @@ def prepare(
 
     params = _validated_params(dataset, path, size, channels, splits, limit, seed, source_dir, strict, rows_per_shard)
     out = datafs.absolute(out or default_out(dataset, path, size))
+    problem = datafs.cannot_write(out)
+    if problem:
+        raise UserError(f"--out {out}: {problem}: give a directory the dataset can be written to")
     filesystem, out_path = datafs.resolve(out)
     _remove_leftovers(filesystem, out_path)
     existing = _up_to_date_manifest(filesystem, out_path, out, params, force)

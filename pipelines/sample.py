@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 from PIL import Image
@@ -19,17 +18,21 @@ from wgan.images import grid, interpolation_latents
 from pipelines import tracking
 
 
+def _check_output(out: str | Path) -> None:
+    if Path(out).suffix not in (".png", ".npy"):
+        raise UserError(f"unsupported output {Path(out).name}: use a .png (grid) or .npy (uint8 N x H x W x C) file")
+
+
 def save_images(images: np.ndarray, out: str | Path, nrow: int | None = None) -> Path:
     """``.png``: a grid picture; ``.npy``: the uint8 N x H x W x C array."""
+    _check_output(out)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         np.save(out, images)
-    elif out.suffix == ".png":
+    else:
         picture = grid(images, nrow=nrow)
         Image.fromarray(picture.squeeze(-1) if picture.shape[-1] == 1 else picture).save(out)
-    else:
-        raise UserError(f"unsupported output {out.name}: use a .png (grid) or .npy (uint8 N x H x W x C) file")
     return out
 
 
@@ -38,9 +41,8 @@ def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | Non
     ``models:/NAME/VERSION`` URI: its source run) into ``out``."""
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
-    if Path(out).suffix not in (".png", ".npy"):
-        raise UserError(f"unsupported output {Path(out).name}: use a .png (grid) or .npy (uint8 N x H x W x C) file")
-    client = mlflow.MlflowClient(tracking.tracking_uri())
+    _check_output(out)
+    client = tracking.client(needs=f"MLflow run {run_id!r}")
     run_id = tracking.resolve_run_id(client, run_id)
     model, z_dim = tracking.load_generator(run_id)
     if label is not None:
@@ -57,6 +59,7 @@ def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | Non
 def interpolate(run_id: str, out: str | Path, rows: int = 8, steps: int = 10, seed: int = 0) -> Path:
     if rows < 1 or steps < 2:
         raise UserError("--rows must be >= 1 and --steps >= 2")
+    _check_output(out)
     model, z_dim = tracking.load_generator(run_id)
     z = interpolation_latents(z_dim, rows, steps, seed).numpy()
     return save_images(np.asarray(model.predict(z), dtype=np.uint8), out, nrow=steps)

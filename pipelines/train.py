@@ -24,7 +24,7 @@ from wgan.knobs import knobs
 from pipelines import tracking
 from pipelines.cluster import checkpoints
 from pipelines.tracking import run_tags, system_metrics
-from pipelines.cluster.connect import init_ray, through_ray_client, worker_resources
+from pipelines.cluster.connect import check_placeable, init_ray, through_ray_client, worker_resources
 
 DEFAULT_STORAGE = "ray_results"
 # A dataset whose images take at most this share of the object store is read once and
@@ -120,8 +120,7 @@ def _config_for_data(cfg: TrainConfig, manifest: dict) -> TrainConfig:
 def logged_run_settings(run_id: str) -> RunSettings:
     """The run settings a training run last ran with (run_settings.json; for runs logged
     before it existed, the settings its config.json held)."""
-    client = MlflowClient(tracking.tracking_uri())
-    return _resumed_run(client, run_id).settings
+    return _resumed_run(tracking.client(needs=f"MLflow run {run_id!r}"), run_id).settings
 
 
 def _resumed_run(client: MlflowClient, run_id: str) -> _Resumed:
@@ -164,7 +163,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     """
     trial = trial or TrialPlumbing()
     # --- Check: everything knowable before Ray or an MLflow run starts ------------------------
-    resumed = _resumed_run(MlflowClient(tracking.tracking_uri()), resume) if resume else None
+    resumed = _resumed_run(tracking.client(needs=f"MLflow run {resume!r}"), resume) if resume else None
     if resumed:
         cfg, data_dir, run = resumed.continued(resume, cfg, data_dir, run, steps)
     elif steps is not None:
@@ -174,11 +173,21 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
         raise UserError("no training data: pass --data DIR (a directory written by `wganctl prepare`)")
     manifest = load_manifest(data_dir, verify=True)
     cfg = _config_for_data(cfg or TrainConfig(), manifest).resolved()
-    run.check_fits(cfg)
+    run.check_fits(cfg, images=manifest["count"])
     run.storage_path = datafs.absolute(run.storage_path or DEFAULT_STORAGE)
+    checkpoints.check_storage(run.storage_path)
     if resumed:
         resumed.check_storage(resume, run.storage_path)
-    client = MlflowClient(tracking.tracking_uri())  # only now: bad input must not create a store
+    else:
+        tracking.check_experiment_name(experiment)
+    tracking.check_reachable()
+
+    # --- Connect to Ray: refuse a shape the cluster can never place (--gpu without GPUs) ---------
+    local = init_ray(address, verbose)
+    resources, torch_threads = worker_resources(run.workers, run.gpu, local, trial.cpus_per_worker)
+    if trial.cpus_per_worker is None:  # a sweep's trial runs in a Ray task: tune_sweep checked its shape
+        check_placeable(resources, run.workers, local=local)
+    client = tracking.client()  # only now: bad input must not create a store
 
     # --- Open the MLflow run: a new one, or the resumed one with its new settings recorded ------
     if resumed:
@@ -190,8 +199,8 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
                                           parent_run_id=trial.parent_run_id, tags=trial.tags)
     # --- Fit on Ray Train, then log the model from the driver, off the hot path -----------------
     try:
-        result = _fit(cfg, run, run_id, data_dir, manifest, trial,
-                      address=address, progress=progress, verbose=verbose)
+        result = _fit(cfg, run, run_id, data_dir, manifest, trial, resources=resources,
+                      torch_threads=torch_threads, progress=progress, verbose=verbose)
     except KeyboardInterrupt:
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -247,7 +256,7 @@ def training_dataset(data_dir: str, manifest: dict):
 
 
 def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifest: dict, trial: TrialPlumbing,
-         *, address: str | None, progress: bool, verbose: bool):
+         *, resources: dict, torch_threads: int | None, progress: bool, verbose: bool):
     import ray.data
     import ray.train
     from ray.data.dataset import MaterializedDataset
@@ -256,8 +265,6 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
     from pipelines.cluster.progress import train_progress
     from pipelines.train_worker import train_loop_per_worker
 
-    local = init_ray(address, verbose)
-    resources, torch_threads = worker_resources(run.workers, run.gpu, local, trial.cpus_per_worker)
     dataset = training_dataset(data_dir, manifest)
     reporter = train_progress(cfg.steps, enabled=progress)
     trainer = TorchTrainer(

@@ -307,6 +307,18 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
         below, above = steps - steps % reports, steps - steps % reports + reports
         raise UserError(f"--steps ({steps}) must be a multiple of --reports ({reports}), e.g. {below} or {above}: "
                         f"the objective is computed every steps/reports steps")
+    if trial_workers < 1:
+        raise UserError(f"--trial-workers must be >= 1, got {trial_workers}")
+    if not gpus_per_trial >= 0:
+        raise UserError(f"--gpus-per-trial must be >= 0 (0: CPU trials), got {gpus_per_trial}")
+    if max_concurrent is not None and max_concurrent < 1:
+        raise UserError(f"--max-concurrent must be >= 1 (default: what fits), got {max_concurrent}")
+    if sweep.objective_samples < 2:
+        raise UserError(f"--objective-samples must be >= 2 (a Frechet distance needs their covariance), "
+                        f"got {sweep.objective_samples}")
+    if sweep.seed is not None and sweep.seed < 0:
+        raise UserError(f"--seed must be zero or positive, got {sweep.seed}")
+    tracking.check_experiment_name(experiment)
     if register:
         _check_registry_names(register, alias)
     param_space = to_param_space(load_space(space_file))
@@ -318,27 +330,28 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
     manifest = load_manifest(data_dir, verify=True)
     base = dataclasses.replace(base or TrainConfig(), steps=steps)
     storage_path = datafs.absolute(storage_path or DEFAULT_STORAGE)
+    checkpoints.check_storage(storage_path)
     every = max(1, steps // reports)
     settings = RunSettings(workers=trial_workers, gpu=gpus_per_trial > 0, checkpoint_every=every, sample_every=every,
                            log_every=max(1, min(RunSettings.log_every, every)), storage_path=storage_path,
                            max_failures=0).validate()
     # Every combination must be valid before anything starts.
     settings.check_fits(TrainConfig.from_dict({**base.to_dict(), "image_size": manifest["size"],
-                                               "channels": manifest["channels"]}).resolved())
+                                               "channels": manifest["channels"]}).resolved(),
+                        images=manifest["count"])
 
     from ray import tune
 
     from pipelines.classifier import load_classifier
     from pipelines.cluster.reference import reference_statistics
-    from pipelines.cluster.connect import init_ray
+    from pipelines.cluster.connect import check_placeable, init_ray
 
-    client = MlflowClient(tracking.tracking_uri())
+    client = tracking.client(needs=f"classifier run {classifier_run!r}" if classifier_run
+                             else f"classifier trained on {data_dir}")
     classifier_run = classifier_run or _latest_classifier(client, data_dir)
     classifier = load_classifier(classifier_run)
+    interrupted = _unfinished_sweep(client, experiment) if resume else None
     local = init_ray(address)
-    mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
-    objective_spec = objective.objective_spec(classifier, mu, sigma, sweep.objective_samples)
-    parent_run_id, tune_path = _parent_run(client, experiment, resume, data_dir, base, settings, trials, scheduler)
     total_cpus = ray.cluster_resources().get("CPU", 1)
     if gpus_per_trial > 0:
         cpus_per_worker = 1.0
@@ -349,6 +362,12 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
         # the rest among the running trials' workers.
         spare = total_cpus - 1 - TRIAL_CPUS * concurrent
         cpus_per_worker = max(0.1, spare / (concurrent * trial_workers)) if local else 1.0
+    check_placeable({"CPU": cpus_per_worker, **({"GPU": 1} if gpus_per_trial > 0 else {})}, trial_workers,
+                    local=local, workers_option="--trial-workers", gpu_option="--gpus-per-trial")
+    mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
+    objective_spec = objective.objective_spec(classifier, mu, sigma, sweep.objective_samples)
+    parent_run_id, tune_path = _parent_run(client, experiment, interrupted, data_dir, base, settings, trials,
+                                           scheduler)
     trainable = tune.with_resources(
         tune.with_parameters(wganctl_trial, base=base.to_dict(), settings=settings, data_dir=data_dir,
                              experiment=experiment, parent_run_id=parent_run_id,
@@ -411,17 +430,24 @@ def _latest_classifier(client: MlflowClient, data_dir: str) -> str:
     return runs[0].info.run_id
 
 
-def _parent_run(client: MlflowClient, experiment: str, resume: bool, data_dir: str, base: TrainConfig,
+def _unfinished_sweep(client: MlflowClient, experiment: str):
+    """The experiment's newest sweep run that did not finish (what --resume continues); refused if none."""
+    exp = client.get_experiment_by_name(experiment)
+    open_runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{run_tags.STAGE}` = 'tune' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not open_runs:
+        raise UserError(f"no unfinished sweep in experiment {experiment!r} to resume: start one without --resume")
+    return open_runs[0]
+
+
+def _parent_run(client: MlflowClient, experiment: str, interrupted, data_dir: str, base: TrainConfig,
                 settings: RunSettings, trials: int, scheduler: str) -> tuple[str, str]:
+    """The sweep's MLflow run: ``interrupted`` (a run of `_unfinished_sweep`) reopened, else a new one."""
+    if interrupted is not None:
+        client.update_run(interrupted.info.run_id, status="RUNNING")
+        return interrupted.info.run_id, interrupted.data.tags[run_tags.TUNE_PATH]
     exp_id = tracking.experiment_id(client, experiment)
-    if resume:
-        open_runs = client.search_runs([exp_id], filter_string=f"tags.`{run_tags.STAGE}` = 'tune' and attributes.status != 'FINISHED'",
-                                       order_by=["attributes.start_time DESC"], max_results=1)
-        if not open_runs:
-            raise UserError(f"no unfinished sweep in experiment {experiment!r} to resume: start one without --resume")
-        run = open_runs[0]
-        client.update_run(run.info.run_id, status="RUNNING")
-        return run.info.run_id, run.data.tags[run_tags.TUNE_PATH]
     run = client.create_run(exp_id, tags={run_tags.STAGE: "tune", run_tags.RUN_NAME: f"sweep-{trials}x-{scheduler}",
                                           run_tags.CODE_VERSION: tracking.code_version(), run_tags.DATA_DIR: data_dir})
     tune_path = datafs.join(settings.storage_path, f"wganctl-tune-{run.info.run_id}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,14 +215,17 @@ class TrainConfig:
                 "use --critic-norm layer or none"
             )
         checks = [
-            (self.lambda_gp >= 0, f"--lambda-gp must be >= 0, got {self.lambda_gp}"),
-            (self.clip > 0, f"--clip must be > 0, got {self.clip}"),
+            (0 <= self.lambda_gp < math.inf, f"--lambda-gp must be >= 0 and finite, got {self.lambda_gp}"),
+            (0 < self.clip < math.inf, f"--clip must be > 0 and finite, got {self.clip}"),
             (self.n_critic is not None and self.n_critic >= 1,
              f"--n-critic must be >= 1, got {self.n_critic}"),
-            (self.lr is not None and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.lr is not None and 0 < self.lr < math.inf, f"--lr must be > 0 and finite, got {self.lr}"),
+            (self.betas is not None and len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+             f"--betas takes two numbers in [0, 1) (Adam's beta1 beta2), got {' '.join(map(str, self.betas or ()))}"),
+            (self.seed >= 0, f"--seed must be zero or positive, got {self.seed}"),
             (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.width >= 1, f"--width must be >= 1, got {self.width}"),
-            (self.z_dim >= 1, f"z_dim must be >= 1, got {self.z_dim}"),
+            (self.z_dim >= 1, f"--z-dim must be >= 1, got {self.z_dim}"),
             (self.batch >= 1, f"--batch must be >= 1, got {self.batch}"),
             (self.conditioning in CONDITIONINGS,
              f"unknown conditioning {self.conditioning!r}: choose one of {', '.join(CONDITIONINGS)}"),
@@ -302,11 +306,20 @@ class RunSettings:
                 raise ConfigError(message)
         return self
 
-    def check_fits(self, cfg: TrainConfig) -> None:
-        """Refuse a batch that does not split evenly over the workers."""
+    def check_fits(self, cfg: TrainConfig, images: int | None = None) -> None:
+        """Refuse a batch that does not split evenly over the workers or, given the dataset's
+        ``images``, that the data cannot fill: Ray Train gives each worker an equal share of the
+        rows (images // workers), it takes batch / workers of them a step and drops an epoch's
+        last partial batch, so a worker whose share is smaller never gets a batch."""
         if cfg.batch % self.workers:
             raise ConfigError(f"--batch {cfg.batch} does not split over {self.workers} workers: "
                               f"use a batch that is a multiple of --workers")
+        share = None if images is None else images // self.workers
+        if share is not None and share < cfg.batch // self.workers:
+            split = (f" ({cfg.batch // self.workers} a step on each of {self.workers} workers, whose shares are "
+                     f"{share} images)" if self.workers > 1 else "")
+            raise ConfigError(f"--batch {cfg.batch} is more than the {images} images of the dataset{split}: "
+                              f"lower --batch to at most {share * self.workers} or prepare more images")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

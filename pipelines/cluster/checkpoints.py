@@ -14,6 +14,7 @@ import ray.train
 
 from wgan import checkpoint as ckpt
 from wgan.data import fs as datafs
+from wgan.errors import UserError
 from pipelines.tracking import ray_run_name
 
 DIR_PREFIX = "checkpoint_"
@@ -22,6 +23,15 @@ DIR_PREFIX = "checkpoint_"
 def dir_name(step: int) -> str:
     """The directory a run's checkpoint at ``step`` gets: sorted by name is sorted by step."""
     return f"{DIR_PREFIX}{step:07d}"
+
+
+def check_storage(storage_path: str) -> None:
+    """Refuse a storage path Ray Train could not keep checkpoints in, where that is knowable before
+    Ray starts (`wgan.data.fs.cannot_write`: a file in the way, an unwritable directory, an unknown scheme)."""
+    problem = datafs.cannot_write(storage_path, fsspec_too=True)
+    if problem:
+        raise UserError(f"--storage-path {storage_path}: {problem}: give a directory to keep the checkpoints in "
+                        f"(a local path, s3://BUCKET/PREFIX, a shared filesystem)")
 
 
 def run_checkpoints(storage_path: str, run_id: str) -> list[str]:

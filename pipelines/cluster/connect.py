@@ -33,6 +33,35 @@ def use_local_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
+# How long a stage waits for a Ray cluster's address to accept a connection before it refuses
+# to start: ray.init retries an address nobody listens on for minutes, printing a warning each time.
+REACHABLE_TIMEOUT_S = 3.0
+_ADDRESS_FORMS = "host:port (the head's GCS port, 6379 by default), auto, or ray://host:10001"
+
+
+def check_address(address: str | None) -> None:
+    """Refuse a Ray address (``address``, else RAY_ADDRESS) that is malformed or where nothing
+    accepts a TCP connection within REACHABLE_TIMEOUT_S; ``auto`` and none (a local Ray) pass."""
+    import socket
+
+    given = address or os.environ.get("RAY_ADDRESS")
+    if not given or given in ("auto", "local"):
+        return
+    source = "--address" if address else "RAY_ADDRESS"
+    target = given.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in target:
+        raise UserError(f"{source} {given!r} is not a Ray address: give {_ADDRESS_FORMS}")
+    try:
+        socket.create_connection((host, int(port)), timeout=REACHABLE_TIMEOUT_S).close()
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else err.strerror or type(err).__name__
+        undo = "drop --address" if address else "unset RAY_ADDRESS"
+        raise UserError(f"cannot reach a Ray cluster at {given} ({reason}): start it (`ray start --head`) "
+                        f"or {undo} to run on a local Ray") from None
+
+
 def init_ray(address: str | None = None, verbose: bool = False) -> bool:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray; True when local.
 
@@ -82,6 +111,7 @@ def through_ray_client(stage: Callable[..., Any]) -> Callable[..., Any]:
         bound = signature.bind(*args, **kwargs)
         address = bound.arguments.get("address")
         if not is_ray_client(address):
+            check_address(address)
             return stage(*args, **kwargs)
         bound.arguments["address"] = "auto"
         if "progress" in signature.parameters:
@@ -106,6 +136,7 @@ def run_through_ray_client(stage: Callable[..., Any], address: str, args: tuple,
     """
     from ray.exceptions import RayTaskError
 
+    check_address(None if address == os.environ.get("RAY_ADDRESS") else address)  # names where it came from
     _connect_client(address)
     env = {key: os.environ[key] for key in ("MLFLOW_TRACKING_URI",) if os.environ.get(key)}
     task = ray.remote(num_cpus=0, max_retries=0, runtime_env={"env_vars": env})(stage)
@@ -165,3 +196,40 @@ def worker_resources(workers: int, gpu: bool, local: bool,
     total = ray.cluster_resources().get("CPU", os.cpu_count() or 1)
     share = min(1.0, max(total - 1, 0.5) / workers)
     return {"CPU": share}, max(1, math.floor((os.cpu_count() or 1) / workers))
+
+
+def cluster_capacity(local: bool) -> dict[str, float] | None:
+    """The most of each resource the connected cluster can ever offer, where that is known: the
+    maximum of its autoscaler's node types where the autoscaler has reported them (Ray Train's
+    own check reads the same), else, for a ``local`` Ray (started on this machine: it never
+    grows), what it has now. None for another cluster: it may grow with demand (GPU workers an
+    autoscaler adds) or with nodes joined by hand."""
+    try:
+        from ray._private.state import state
+
+        most = state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001 - a private API: without it, only a local Ray is known
+        most = None
+    if most:
+        return dict(most)
+    return dict(ray.cluster_resources()) if local else None
+
+
+def check_placeable(per_worker: dict[str, float], workers: int, *, local: bool, workers_option: str = "--workers",
+                    gpu_option: str = "--gpu") -> None:
+    """Refuse ``workers`` workers of ``per_worker`` resources that the cluster can never place
+    (`cluster_capacity`): Ray would wait for them for ever, or Ray Train time out at each restart."""
+    capacity = cluster_capacity(local)
+    if capacity is None:
+        return
+    for resource, amount in per_worker.items():
+        need, have = amount * workers, capacity.get(resource, 0)
+        if need <= have + 1e-9:
+            continue
+        if resource == "GPU" and have < 1:
+            raise UserError(f"no GPU in the Ray cluster: drop {gpu_option} or connect to a cluster with GPUs "
+                            f"(--address, RAY_ADDRESS)")
+        fit = int(have // amount + 1e-9)
+        fix = f"lower {workers_option} to {fit} or add nodes" if fit else f"add nodes with {resource}s"
+        raise UserError(f"{workers_option} {workers} needs {need:g} {resource}s ({amount:g} per worker), the Ray "
+                        f"cluster has at most {have:g}: {fix}")

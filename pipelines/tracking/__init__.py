@@ -38,6 +38,71 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+# How long a command waits for an http(s) tracking server to answer before it refuses to
+# start: MLflow's own client retries an unreachable server for about two minutes.
+REACHABLE_TIMEOUT_S = 3.0
+_reached: set[str] = set()
+
+
+def shown_uri(uri: str) -> str:
+    """The tracking URI as it may be printed: without the user and password of an http(s) one."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return uri
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def check_reachable() -> None:
+    """Refuse an http(s) tracking URI whose server does not answer within REACHABLE_TIMEOUT_S
+    (any HTTP answer counts: a server behind a login still answers). Once per URI and process."""
+    import requests
+
+    uri = tracking_uri()
+    if urlsplit(uri).scheme not in ("http", "https") or uri in _reached:
+        return
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=REACHABLE_TIMEOUT_S)
+    except requests.exceptions.RequestException as err:
+        if isinstance(err, requests.exceptions.Timeout):
+            reason = f"no answer within {REACHABLE_TIMEOUT_S:g} s"
+        else:
+            reason = "connection refused" if "refused" in str(err) else type(err).__name__
+        raise UserError(f"cannot reach the MLflow tracking server at {shown_uri(uri)}: start it or unset "
+                        f"MLFLOW_TRACKING_URI ({reason})") from None
+    _reached.add(uri)
+
+
+def store_exists() -> bool:
+    """False when the tracking URI is a sqlite file that does not exist yet (opening it would create it)."""
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return True
+    path = uri.removeprefix("sqlite:///").split("?")[0]  # sqlite:////abs/file or sqlite:///relative/file
+    return path in ("", ":memory:") or Path(path).exists()
+
+
+def client(*, needs: str = "") -> MlflowClient:
+    """A client of the tracking store, once the store is known to answer (`check_reachable`).
+    ``needs``: what a command that only reads the store looks for there (``MLflow run 'abc'``):
+    a sqlite store that does not exist is then refused, not created empty."""
+    check_reachable()
+    if needs and not store_exists():
+        raise UserError(f"no {needs} in {tracking_uri()}, a store that does not exist: run the command in the "
+                        f"directory that holds mlflow.db, or set MLFLOW_TRACKING_URI to the store that has it")
+    return MlflowClient(tracking_uri())
+
+
+def check_experiment_name(name: str) -> None:
+    """Refuse an experiment name MLflow would refuse when the run is created (after the checks)."""
+    from mlflow.utils.validation import _validate_experiment_name
+
+    try:
+        _validate_experiment_name(name)
+    except mlflow.exceptions.MlflowException as err:
+        raise UserError(f"--experiment {name!r}: {err.message.splitlines()[0]}: choose another name") from None
+
+
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 # The training view: without it MLflow 3 shows the run page in its GenAI view (under Evaluation runs)
 # and an experiment on its GenAI overview (tests/test_mlflow_ui.py).
@@ -54,12 +119,7 @@ def ui_url(run_id: str, experiment_id: str | None = None) -> str:
     ``experiment_id``: the run's, when the caller has it (else read from the store)."""
     if experiment_id is None:
         experiment_id = MlflowClient(tracking_uri()).get_run(run_id).info.experiment_id
-    if _served():
-        parts = urlsplit(tracking_uri())
-        base = urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""),
-                           parts.path.rstrip("/"), "", ""))
-    else:
-        base = LOCAL_UI
+    base = shown_uri(tracking_uri()) if _served() else LOCAL_UI
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
 
 
@@ -297,7 +357,7 @@ def log_generator_model(run_id: str, payload: dict) -> str:
 
 def load_generator(run_id: str):
     """The run's pyfunc generator and its latent size; ``run_id`` may be a ``models:/`` URI (`resolve_run_id`)."""
-    run_id = get_run(MlflowClient(tracking_uri()), run_id).info.run_id
+    run_id = get_run(client(needs=f"MLflow run {run_id!r}"), run_id).info.run_id
     try:
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
     except mlflow.exceptions.MlflowException as err:

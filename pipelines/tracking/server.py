@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from wgan.data import fs as datafs
 from wgan.errors import UserError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -59,9 +60,17 @@ class ServerSettings:
         if backend.startswith("file:"):
             raise UserError("--backend-store-uri must be a database (sqlite:/// or postgresql://), "
                             "not a file store: MLflow's file store is deprecated and slow for many runs")
+        database = backend.removeprefix("sqlite:///") if backend.startswith("sqlite:///") else None
+        if database and not (cwd / database).parent.is_dir():  # sqlite creates the file, not its directory
+            raise UserError(f"--backend-store-uri {backend}: directory {(cwd / database).parent} does not exist: "
+                            f"create it, or give sqlite:///FILE in an existing directory")
         artifacts = self.artifacts_destination or str(cwd / DEFAULT_ARTIFACTS_DIR)
         if "://" not in artifacts:
             artifacts = str((cwd / artifacts).resolve())
+            problem = datafs.cannot_write(artifacts)
+            if problem:
+                raise UserError(f"--artifacts-destination {artifacts}: {problem}: give a directory the server "
+                                f"can write, or s3://BUCKET/PREFIX")
         return ServerSettings(self.host, self.port, backend, artifacts, self.workers, self.basic_auth)
 
     @property
@@ -185,6 +194,7 @@ class MlflowServer:
 
 
 def _check_port_free(host: str, port: int) -> None:
+    import errno
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -193,8 +203,13 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as err:
-            raise UserError(f"cannot listen on {host}:{port} ({err.strerror}): pass another --port, "
-                            "or stop the server already running there")
+            if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:
+                fix = "give --host 127.0.0.1, 0.0.0.0 (every interface) or an address of this machine"
+            elif err.errno == errno.EACCES:
+                fix = "pass a --port above 1023, or run where binding it is allowed"
+            else:
+                fix = "pass another --port, or stop the server already running there"
+            raise UserError(f"cannot listen on {host}:{port} ({err.strerror}): {fix}")
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -214,12 +229,18 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def serve(settings: ServerSettings, announce: Callable[[str], None] = print) -> int:
-    """Run the server in the foreground until Ctrl-C or SIGTERM; returns its exit code."""
+def preflight(settings: ServerSettings) -> None:
+    """Refuse what would stop the server from starting: --basic-auth without its secret, a port
+    already taken (or a host this machine cannot bind)."""
     if settings.basic_auth and not os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
         raise UserError("--basic-auth needs MLFLOW_FLASK_SERVER_SECRET_KEY (a random string, the same for every "
                         "server replica) and, on first start, MLFLOW_AUTH_ADMIN_PASSWORD in the environment")
     _check_port_free(settings.host, settings.port)
+
+
+def serve(settings: ServerSettings, announce: Callable[[str], None] = print) -> int:
+    """Run the server in the foreground until Ctrl-C or SIGTERM; returns its exit code."""
+    preflight(settings)
     server = MlflowServer(settings)
 
     def terminate(signum, frame):  # a SIGTERM to `wganctl server` must stop mlflow's process group too

@@ -16,7 +16,10 @@ from __future__ import annotations
 import os
 import posixpath
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+from wgan.errors import UserError
 
 # pyarrow's filesystem type names and the URI schemes that resolve back to them.
 _SCHEMES = {"s3": "s3", "gcs": "gs", "hdfs": "hdfs"}
@@ -28,10 +31,48 @@ def is_uri(location: str) -> bool:
 
 
 def resolve(location: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem and the path inside it; local paths are made absolute (Ray workers have another cwd)."""
+    """The filesystem and the path inside it; local paths are made absolute (Ray workers have another cwd).
+    A URI pyarrow cannot read (an unknown scheme) is bad input: `wgan.errors.UserError`."""
     if is_uri(location):
-        return pafs.FileSystem.from_uri(location)
+        try:
+            return pafs.FileSystem.from_uri(location)
+        except pa.ArrowInvalid as err:
+            raise UserError(f"{location}: {str(err).splitlines()[0]}: give a local path or a URI such as "
+                            f"s3://BUCKET/PREFIX or gs://BUCKET/PREFIX") from None
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+# The URI schemes of pyarrow's filesystems (`resolve`); Ray Train's storage also takes fsspec's.
+PYARROW_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def cannot_write(location: str, *, fsspec_too: bool = False) -> str | None:
+    """Why ``location`` cannot be a directory this process creates and writes, as far as that is
+    knowable without the network (a local path: is it or an ancestor a file, is the nearest
+    existing ancestor writable; a URI: is its scheme known); None when nothing is wrong here.
+    ``fsspec_too``: fsspec's schemes are known too (Ray Train's storage takes them)."""
+    if is_uri(location):
+        scheme = location.split("://", 1)[0].lower()
+        known = set(PYARROW_SCHEMES)
+        if fsspec_too:
+            try:
+                import fsspec
+
+                known.update(fsspec.available_protocols())
+            except ImportError:
+                pass
+        return None if scheme in known else f"{scheme}:// is not a filesystem this machine knows"
+    path = absolute(location)
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} is a file, not a directory"
+    ancestor = path
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        return f"{ancestor} is a file, not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} is not writable by this user"
+    return None
 
 
 def absolute(location: str) -> str:
