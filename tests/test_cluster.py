@@ -107,6 +107,15 @@ class LocalRayCluster:
                 time.sleep(0.5)
         pytest.fail(f"Ray dashboard not up after {timeout} s:\n{self.nodes[0].tail()}")
 
+    def wait_for_client_server(self, timeout: float = START_TIMEOUT_S) -> None:
+        """The head's Ray Client server listens a moment after its dashboard answers; a ray://
+        command started before it is refused (`cluster.connect.check_address`), as a user's is."""
+        deadline = time.monotonic() + timeout
+        while not port_open(self.client_port):
+            if time.monotonic() > deadline or self.nodes[0].popen.poll() is not None:
+                pytest.fail(f"Ray Client server not listening after {timeout} s:\n{self.nodes[0].tail()}")
+            time.sleep(0.25)
+
     def wait_for_nodes(self, count: int, timeout: float = START_TIMEOUT_S) -> list[dict]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -153,6 +162,7 @@ def test_pipeline_on_a_token_auth_ray_cluster_tracked_by_wganctl_server(tmp_path
     try:
         cluster.start_head()
         cluster.wait_for_dashboard()
+        cluster.wait_for_client_server()
         # Token auth is on: the dashboard's job API refuses a request without the token.
         assert requests.get(f"{cluster.dashboard}/api/jobs/", timeout=10).status_code == 401
 
