@@ -7,6 +7,12 @@ import os
 import socket
 import time
 
+# One torch thread everywhere (this process, the CLIs it starts, Ray's workers, which a local
+# train worker would otherwise give every core): the tests' networks are tiny, and on a
+# 2-core machine shared with Ray two threads spin-wait on each other
+# (`pipelines.cluster.connect.worker_resources`). Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import mlflow
 import pytest
 import ray
