@@ -3,7 +3,8 @@
 The question one seed report asked: train the project classifier on (a) N real images
 per class (arm ``real``), (b) the same plus synthetic images of every class from a
 conditional WGAN-GP run (arm ``with-wgan-gp``), (c) the same plus synthetic images from
-a conditional standard-GAN run (``with-gan``; any number of runs: one arm each), over several seeds, and compare real-test
+a conditional standard-GAN run (``with-gan``; any number of runs: one arm each, named by the run's loss, and by its loss
+and the run id's first 8 characters where runs share a loss), over several seeds, and compare real-test
 accuracy. Each run also gets a synthetic-only arm (``only-<loss>``): its accuracy is the
 classification accuracy score (CAS, Ravuri and Vinyals 2019), logged on the run as
 ``eval/classification_accuracy_score``. Every (arm, seed) training is a Ray task; the
@@ -44,6 +45,13 @@ class AugmentResult:
     summary: dict[str, tuple[float, float]]  # arm -> (mean, standard deviation) of accuracy
 
 
+
+def arm_labels(losses: dict[str, str]) -> dict[str, str]:
+    """Each generator run's arm label: its loss, or where runs share one, the loss and the
+    run id's first 8 characters (two wgan-gp runs would otherwise be one arm, the second's)."""
+    return {run_id: loss if list(losses.values()).count(loss) == 1 else f"{loss}-{run_id[:8]}"
+            for run_id, loss in losses.items()}
+
 def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], synthetic_per_class: int | None = None,
                        seeds: int = 3, steps: int = 1500, experiment: str = "wganctl-augment",
                        address: str | None = None) -> AugmentResult:
@@ -54,6 +62,9 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
         raise UserError(f"--synthetic-per-class must be >= 1 (default: --real-per-class), got {synthetic_per_class}")
     synthetic_per_class = synthetic_per_class or real_per_class
     tracking.check_experiment_name(experiment)
+    repeated = sorted({run_id for run_id in runs if runs.count(run_id) > 1})
+    if repeated:
+        raise UserError(f"run {repeated[0]} is given twice: give each --runs once")
     check_address(address)
     manifest = load_manifest(data_dir, verify=True)
     classes = manifest["class_names"]
@@ -61,6 +72,7 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
         raise UserError(f"{data_dir} needs class labels and train and test splits: prepare it without --split")
     client = tracking.client(needs=f"MLflow run {runs[0]!r}" if runs else "")
     arms: dict[str, tuple[str | None, bool]] = {"real": (None, True)}  # arm -> (generator run, real images in)
+    losses = {}
     for run_id in runs:
         run = tracking.get_run(client, run_id)
         if int(run.data.params.get("num_classes", 0) or 0) != len(classes):
@@ -70,8 +82,10 @@ def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], s
             raise UserError(f"run {run_id} was trained on other data ({run.data.tags.get(run_tags.DATA_DATASET)}, "
                             f"{run.data.params['image_size']} px): give runs trained on {manifest.get('dataset')} "
                             f"at {manifest['size']} px")
-        arms[f"with-{run.data.params['loss']}"] = (run_id, True)  # real images plus this run's samples
-        arms[f"only-{run.data.params['loss']}"] = (run_id, False)  # its samples alone: the CAS
+        losses[run_id] = run.data.params["loss"]
+    for run_id, label in arm_labels(losses).items():
+        arms[f"with-{label}"] = (run_id, True)  # real images plus this run's samples
+        arms[f"only-{label}"] = (run_id, False)  # its samples alone: the CAS
     train_split = split_manifest(data_dir, manifest, "train")
     train_labels = dataset_labels(data_dir, train_split)
     too_few = [classes[k] for k in range(len(classes)) if np.sum(train_labels == k) < real_per_class]

@@ -94,3 +94,13 @@ def test_augment_runs_its_arms_as_ray_tasks_into_one_mlflow_run(labelled_with_te
         augment_experiment(labelled_with_test, real_per_class=1, runs=[result.run_id])
     bad = CliRunner().invoke(app, ["experiment", "augment", "--data", labelled_with_test, "--real-per-class", "0"])
     assert bad.exit_code == 2 and "--real-per-class" in bad.output
+
+
+def test_runs_that_share_a_loss_get_an_arm_each_and_a_run_given_twice_is_refused(labelled_with_test, mlflow_store):
+    from pipelines.augment import arm_labels
+
+    assert arm_labels({"a" * 32: "wgan-gp", "b" * 32: "gan"}) == {"a" * 32: "wgan-gp", "b" * 32: "gan"}
+    assert arm_labels({"a" * 32: "wgan-gp", "b" * 32: "wgan-gp", "c" * 32: "gan"}) == {
+        "a" * 32: "wgan-gp-aaaaaaaa", "b" * 32: "wgan-gp-bbbbbbbb", "c" * 32: "gan"}
+    with pytest.raises(UserError, match="given twice"):
+        augment_experiment(labelled_with_test, real_per_class=1, runs=["a" * 32, "a" * 32])
