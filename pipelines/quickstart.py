@@ -33,9 +33,10 @@ CPU-seconds (~6,900 steps; section 2b of the results file), the same command wit
 So the settings stay, and the length is what pays (0.68x from 3,320 to 6,965 steps): 4500 steps,
 what the 12-minute limit of `scripts/setup && wganctl quickstart` on a fresh 2-core machine
 leaves room for. Timed from a fresh clone (2026-12-02, quiet machine, pip cache warm, bf16 CPU):
-2500 steps took 274 s in all, 163 s of them the train run (0.06 s a step with its logging), and
-4500 steps TIMED_4500. An AVX2-only CPU (no bf16: ~1.46x slower steps) and a 4-minute
-install stay within 12 minutes by that rate (about 4 + 0.5 + 4500 x 0.06 x 1.46 / 60 = 10.9 min).
+2500 steps took 274 s in all, 163 s of them the train run; 4500 steps took 401 s (6.7 min) in all:
+106 s install, 18 s prepare, 277 s the train run (0.062 s a step with its logging). An AVX2-only
+CPU (no bf16: ~1.46x slower steps) with a 4-minute install stays within 12 minutes by that rate
+(4 + 0.5 + 4500 x 0.062 x 1.46 / 60 = 11.3 min), not measured.
 """
 
 from __future__ import annotations
