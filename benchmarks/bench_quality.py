@@ -24,7 +24,8 @@ scores), for its FD-vs-budget trend. Contenders:
 * ``dcgan``, ``dcgan-sn``, ``resnet``, ``resnet-sn`` (the "Beyond DCGAN" arms, `ARMS`): the DCGAN
   networks at width 32 and the WGAN-GP paper's ResNet at width 32, both WGAN-GP with n_critic 2,
   lr 4e-4, batch 64, with the layer-norm critic or (``-sn``) a spectrally normalised one;
-* any ``name=key:value;key:value`` for exploring (TrainConfig fields).
+* any ``name=key:value;key:value`` for exploring (TrainConfig fields; a tuple's values separated
+  by spaces: ``betas:0.5 0.999``).
 
 Prints one row per contender (and snapshot) and the Frechet distance ratio of each to the
 first contender at the same budget.
@@ -74,7 +75,11 @@ def parse_contender(text: str) -> tuple[str, TrainConfig]:
     for item in filter(None, overrides.split(";")):
         key, _, value = item.partition(":")
         field = {f.name: f for f in dataclasses.fields(TrainConfig)}[key]
-        values[key] = value if "str" in str(field.type) else (float(value) if "float" in str(field.type) else int(value))
+        kind = str(field.type)
+        if "tuple" in kind:  # betas:0.5 0.999
+            values[key] = tuple(float(v) for v in value.split())
+        else:
+            values[key] = value if "str" in kind else (float(value) if "float" in kind else int(value))
     return name, dataclasses.replace(MAIN_JOB, **values)
 
 
@@ -152,8 +157,8 @@ def main() -> None:
             ratio = f"{fd / first[budget]:.2f}x" if budget in first else "-"
             first.setdefault(budget, fd)
             print(f"{name:<12} {budget:>6.0f} {steps:>6} {fd:>8.3f} {ratio:>8} {coverage.covered:>5}/{classes} "
-                  f"{coverage.shares.min():>9.3f}  {cfg.arch} width {cfg.width} critic_norm {cfg.critic_norm} "
-                  f"batch {cfg.batch} lr {cfg.lr} lr_decay {cfg.lr_decay} n_critic {cfg.n_critic} g_ema {cfg.g_ema}",
+                  f"{coverage.shares.min():>9.3f}  {cfg.loss} {cfg.arch} width {cfg.width} critic_norm {cfg.critic_norm} "
+                  f"batch {cfg.batch} lr {cfg.lr} betas {cfg.betas} lr_decay {cfg.lr_decay} n_critic {cfg.n_critic} g_ema {cfg.g_ema}",
                   flush=True)
 
 
