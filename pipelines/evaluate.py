@@ -107,8 +107,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         gpu = ray.cluster_resources().get("GPU", 0) > 0
     elif gpu:
         check_placeable({"GPU": 1}, 1, local=local)
-    reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu, progress=progress,
-                                          local=local)
+    reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu, progress=progress)
 
     if checkpoint is None:
         # the sampler reads the class count from the model; the per-class metrics' K is checked against it
@@ -120,7 +119,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
 
         generator, step = checkpoint_generator(checkpoints.load(saved_at)), checkpoint
         tags["eval.checkpoint_step"] = str(checkpoint)
-    drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu, progress=progress, local=local)
+    drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu, progress=progress)
     images, sample_features, sample_logits = drawn["image"], drawn["features"], drawn["logits"]
     prefix = "eval/inception/" if inception else "eval/"
     results = {}

@@ -364,7 +364,7 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
         cpus_per_worker = max(0.1, spare / (concurrent * trial_workers)) if local else 1.0
     check_placeable({"CPU": cpus_per_worker, **({"GPU": 1} if gpus_per_trial > 0 else {})}, trial_workers,
                     local=local, workers_option="--trial-workers", gpu_option="--gpus-per-trial")
-    mu, sigma = reference_statistics(data_dir, classifier, classifier_run, local=local)
+    mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
     objective_spec = objective.objective_spec(classifier, mu, sigma, sweep.objective_samples)
     parent_run_id, tune_path = _parent_run(client, experiment, interrupted, data_dir, base, settings, trials,
                                            scheduler)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 from pathlib import Path
 
 import mlflow
@@ -33,16 +32,11 @@ EVERY_2 = RunSettings(log_every=2, sample_every=2, checkpoint_every=2)
 N = 200
 
 
-def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_session, mlflow_with_classifier, tmp_path,
-                                                         capfd):
+def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_session, mlflow_with_classifier, tmp_path):
     run_id = train(TINY, tiny_dataset, run=EVERY_2, experiment="evaluate", progress=False).run_id
     classifier_run = mlflow_with_classifier
 
-    capfd.readouterr()
     result = evaluate(run_id, n=N, metrics=("fid", "kid", "pr", "coverage", "is"), classifier_run=classifier_run)
-    # Nothing of Ray's C++ core on the console (its "[date E pid tid] core_worker.cc:N: ..." lines): on a
-    # local Ray, evaluate's actor pools are not restartable, which Ray would report for each actor.
-    assert not re.findall(r"^\[.*\] \w+\.cc:\d+:.*", capfd.readouterr().err, re.MULTILINE)
 
     client = MlflowClient()
     run = client.get_run(run_id)

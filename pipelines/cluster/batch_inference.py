@@ -208,16 +208,8 @@ def _batch(extractor: dict) -> int:
     return INCEPTION_BATCH if extractor["kind"] == "inception" else BATCH
 
 
-def _pool(gpu: bool, concurrency: int | None, local: bool) -> dict:
-    """map_batches arguments: a fixed pool of actors, one GPU (or one CPU) each.
-
-    On a ``local`` Ray (started on this machine) an actor is not restarted: a failed actor fails
-    the evaluation, which a rerun repeats with nothing lost (nothing is written before the
-    metrics). Ray Data's default, kept on a cluster, restarts actors without end
-    (``max_restarts=-1``) for nodes that leave; with it Ray's core prints an ERROR line to the
-    console for every actor of the pool, whose constructor arguments are in the object store
-    (ray-project/ray#53727), and on one machine there is no node to lose.
-    """
+def _pool(gpu: bool, concurrency: int | None) -> dict:
+    """map_batches arguments: a fixed pool of actors, one GPU (or one CPU) each."""
     import ray
     import ray.data
 
@@ -225,17 +217,14 @@ def _pool(gpu: bool, concurrency: int | None, local: bool) -> dict:
         concurrency = int(ray.cluster_resources().get("GPU" if gpu else "CPU", 1)) or 1
         if not gpu:  # leave a CPU for the read and range tasks that feed the actors
             concurrency = max(1, concurrency - 1)
-    pool = {"compute": ray.data.ActorPoolStrategy(size=concurrency), "num_gpus": 1 if gpu else 0,
+    return {"compute": ray.data.ActorPoolStrategy(size=concurrency), "num_gpus": 1 if gpu else 0,
             "num_cpus": 0 if gpu else 1}
-    return {**pool, "max_restarts": 0} if local else pool
 
 
 def sample_and_embed(generator: dict, n: int, seed: int, extractor: dict, *,
-                     gpu: bool = False, concurrency: int | None = None, progress: bool = False,
-                     local: bool = False) -> dict[str, np.ndarray]:
+                     gpu: bool = False, concurrency: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """``n`` samples of ``generator`` (`logged_generator` or `checkpoint_generator`; uint8 NHWC,
-    row order) with their features and logits; ``progress`` counts the samples drawn; ``local``:
-    the Ray is this machine's (`_pool`)."""
+    row order) with their features and logits; ``progress`` counts the samples drawn."""
     import ray.data
 
     from pipelines.cluster.progress import StageProgress
@@ -243,15 +232,15 @@ def sample_and_embed(generator: dict, n: int, seed: int, extractor: dict, *,
     dataset = ray.data.range(n).map_batches(
         SampleAndEmbed, batch_size=_batch(extractor), batch_format="numpy",
         fn_constructor_kwargs=dict(extractor=extractor, gpu=gpu, generator=generator, seed=seed),
-        **_pool(gpu, concurrency, local))
+        **_pool(gpu, concurrency))
     return _collect(dataset, ("row", "image", "features", "logits"), order_by="row",
                     progress=StageProgress("evaluate", n, "samples", enabled=progress))
 
 
 def embed_shards(paths: list[str], size: int, channels: int, extractor: dict, *, gpu: bool = False,
-                 concurrency: int | None = None, rows: int | None = None, local: bool = False) -> np.ndarray:
+                 concurrency: int | None = None, rows: int | None = None) -> np.ndarray:
     """Features of every row of the given parquet shards, in row order; given the number of
-    ``rows`` they hold, a progress counts the rows embedded; ``local`` as for `sample_and_embed`."""
+    ``rows`` they hold, a progress counts the rows embedded."""
     import ray.data
 
     from pipelines.cluster.progress import StageProgress
@@ -263,7 +252,7 @@ def embed_shards(paths: list[str], size: int, channels: int, extractor: dict, *,
         dataset = ray.data.read_parquet(paths, columns=["image"]).map_batches(
             EmbedShards, batch_size=_batch(extractor), batch_format="pyarrow",
             fn_constructor_kwargs=dict(extractor=extractor, gpu=gpu, size=size, channels=channels),
-            **_pool(gpu, concurrency, local))
+            **_pool(gpu, concurrency))
         progress = StageProgress("evaluate", rows or 0, "reference features", enabled=rows is not None)
         return _collect(dataset, ("features",), progress=progress)["features"]
     finally:

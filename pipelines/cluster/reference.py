@@ -29,14 +29,13 @@ class Reference:
 
 
 def reference_features(data_dir: str, extractor: dict, key: str, manifest: dict | None = None,
-                       gpu: bool = False, progress: bool = False, local: bool = False) -> tuple[Reference, str]:
+                       gpu: bool = False, progress: bool = False) -> tuple[Reference, str]:
     """Features of every row of the dataset, from ``<data_dir>/reference/<key>.npz`` (key:
     ``classifier-<run>`` or ``inception-<weights sha256[:16]>``) or computed and cached there;
     also the cache's location.
 
     The cache stores the manifest sha256 it was computed from; a mismatch (the data was
-    prepared again in place) recomputes it. ``progress``: count the rows embedded; ``local``: the
-    Ray is this machine's (`batch_inference.embed_shards`).
+    prepared again in place) recomputes it. ``progress``: count the rows embedded.
     """
     manifest = manifest or load_manifest(data_dir, verify=False)
     sha = manifest_sha256(data_dir)
@@ -49,7 +48,7 @@ def reference_features(data_dir: str, extractor: dict, key: str, manifest: dict 
             return Reference(cached["features"], cached["mu"], cached["sigma"]), location
     load_manifest(data_dir, verify=True)  # the features will be trusted from now on: check every shard once
     features = embed_shards(shard_paths(data_dir, manifest), manifest["size"], manifest["channels"], extractor,
-                            gpu=gpu, rows=manifest["count"] if progress else None, local=local)
+                            gpu=gpu, rows=manifest["count"] if progress else None)
     mu, sigma = feature_statistics(features)
     buffer = io.BytesIO()
     np.savez(buffer, features=features, mu=mu, sigma=sigma, manifest_sha256=np.array(sha))
@@ -61,9 +60,7 @@ def reference_features(data_dir: str, extractor: dict, key: str, manifest: dict 
     return Reference(features, mu, sigma), location
 
 
-def reference_statistics(data_dir: str, classifier: Classifier, classifier_run: str,
-                         local: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def reference_statistics(data_dir: str, classifier: Classifier, classifier_run: str) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance of the dataset's classifier features (cached as in ``reference_features``)."""
-    reference, _ = reference_features(data_dir, classifier_extractor(classifier), f"classifier-{classifier_run}",
-                                      local=local)
+    reference, _ = reference_features(data_dir, classifier_extractor(classifier), f"classifier-{classifier_run}")
     return reference.mu, reference.sigma
