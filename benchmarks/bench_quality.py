@@ -24,8 +24,11 @@ scores), for its FD-vs-budget trend. Contenders:
 * ``dcgan``, ``dcgan-sn``, ``resnet``, ``resnet-sn`` (the "Beyond DCGAN" arms, `ARMS`): the DCGAN
   networks at width 32 and the WGAN-GP paper's ResNet at width 32, both WGAN-GP with n_critic 2,
   lr 4e-4, batch 64, with the layer-norm critic or (``-sn``) a spectrally normalised one;
-* any ``name=key:value;key:value`` for exploring (TrainConfig fields; a tuple's values separated
-  by spaces: ``betas:0.5 0.999``).
+* ``base``: the main job's settings before issue 19 (`BASE`: WGAN-GP, n_critic 2, lr 4e-4,
+  width 32, batch 64);
+* any ``name=key:value;key:value`` for exploring: TrainConfig fields over `BASE` (a tuple's
+  values separated by spaces: ``betas:0.5 0.999``), so that the commands in
+  RESULTS-issue19.md keep their meaning when the main job changes.
 
 Prints one row per contender (and snapshot) and the Frechet distance ratio of each to the
 first contender at the same budget.
@@ -63,11 +66,17 @@ ARMS = {"dcgan": _ARM, "dcgan-sn": dataclasses.replace(_ARM, critic_norm="spectr
         "resnet-sn": dataclasses.replace(_ARM, arch="resnet", critic_norm="spectral")}
 
 
+# The main job's settings before issue 19 chose new ones: the base of every override contender.
+BASE = TrainConfig(loss="wgan-gp", arch="dcgan", width=32, steps=4500, batch=64, n_critic=2, lr=4e-4)
+
+
 def parse_contender(text: str) -> tuple[str, TrainConfig]:
     if text == "paper":
         return text, PAPER
     if text == "main":
         return text, MAIN_JOB
+    if text == "base":
+        return text, BASE
     if text in ARMS:
         return text, ARMS[text]
     name, _, overrides = text.partition("=")
@@ -80,7 +89,7 @@ def parse_contender(text: str) -> tuple[str, TrainConfig]:
             values[key] = tuple(float(v) for v in value.split())
         else:
             values[key] = value if "str" in kind else (float(value) if "float" in kind else int(value))
-    return name, dataclasses.replace(MAIN_JOB, **values)
+    return name, dataclasses.replace(BASE, **values)
 
 
 def endless(reader):

@@ -179,7 +179,7 @@ def train(
     verbose: bool = typer.Option(False, "--verbose", help="show Ray's and MLflow's own logs and progress bars"),
     **knob_values,
 ) -> None:
-    """Train WGAN, WGAN-GP or a standard GAN on Ray Train; every run is logged to MLflow."""
+    """Train WGAN, WGAN-GP, a standard or a hinge GAN on Ray Train; every run is logged to MLflow."""
     if verbose:
         console.verbose()
     from pipelines.train import TrainingFailed, train as run_train
@@ -273,7 +273,7 @@ def quickstart(
     steps: int = typer.Option(None, "--steps", help="override the main job's generator steps"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """The main job: prepare Fashion-MNIST offline, train WGAN-GP on Ray Train, log it all to MLflow."""
+    """The main job: prepare Fashion-MNIST offline, train its GAN on Ray Train, log it all to MLflow."""
     from pipelines.quickstart import quickstart as run_quickstart
 
     run_quickstart(steps=steps, progress=not quiet)
