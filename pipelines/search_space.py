@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from wgan.config import ARCHS, CONDITIONINGS, CRITIC_NORMS, LOSSES, LR_DECAYS, TrainConfig, augment_policy
+from wgan.config import ARCHS, CONDITIONINGS, CRITIC_NORMS, LOSSES, LR_DECAYS, RunSettings, TrainConfig, augment_policy
 from wgan.errors import UserError
 from wgan.knobs import knob, knobs
 
@@ -70,6 +70,8 @@ class SweepSettings:
     seed: int | None = knob(None, "seed of the search: the same seed and space draw the same trials",
                             shown_default="unseeded")
     objective_samples: int = knob(500, "samples each objective evaluation draws")
+    wait_for_workers: float = knob(RunSettings.wait_for_workers, "seconds a trial waits for its workers' CPUs/GPUs, "
+                                   "saying what holds them, before it fails (the sweep goes on)")
 
 
 def swept_keys() -> set[str]:

@@ -22,7 +22,7 @@ from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import UserError
 from wgan.knobs import knobs
 from pipelines import tracking
-from pipelines.cluster import checkpoints
+from pipelines.cluster import checkpoints, holds
 from pipelines.tracking import run_tags, system_metrics
 from pipelines.cluster.connect import check_placeable, init_ray, through_ray_client, worker_resources
 
@@ -57,7 +57,8 @@ class TrialPlumbing:
     (sample-quality settings computed at every checkpoint, see `pipelines.objective`) feed
     Tune; ``cpus_per_worker`` is the trial's share of the CPUs; ``init_checkpoint`` (PBT)
     starts a new run from another run's checkpoint: weights, optimizer states with this
-    config's learning rate, step.
+    config's learning rate, step. ``ledger`` names the sweep's `pipelines.cluster.holds.GroupLedger`,
+    where the run records what it holds, under its trial id, so that the sweep can release it.
     """
 
     parent_run_id: str | None = None
@@ -66,6 +67,7 @@ class TrialPlumbing:
     objective: dict | None = None
     cpus_per_worker: float | None = None
     init_checkpoint: str | None = None
+    ledger: str | None = None
 
 
 @dataclass
@@ -208,9 +210,19 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
         failures = getattr(err, "worker_failures", None)  # Ray Train's WorkerGroupError: the worker's own error
         cause = failures[min(failures)] if failures else err
         reason = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+        if _never_placed(err):
+            reason = (f"its workers could not be placed within {run.wait_for_workers:g} s (--wait-for-workers): "
+                      f"{holds.describe_wait(run.workers, resources)}: free them (`ray status`) or lower --workers")
         _fail(client, run_id, reason)
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
     return _finish(client, run_id, result, run)
+
+
+def _never_placed(err: BaseException) -> bool:
+    """True for Ray Train's error after its last try to place the worker group (`holds.start_retries`)."""
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    return isinstance(getattr(err, "controller_failure", None), WorkerGroupStartupTimeoutError)
 
 
 def _fail(client: MlflowClient, run_id: str, reason: str) -> None:
@@ -239,27 +251,36 @@ def _finish(client: MlflowClient, run_id: str, result, run: RunSettings) -> Trai
 
 
 def training_dataset(data_dir: str, manifest: dict):
-    """The prepared shards as a Ray Dataset: held in the object store when small, else streamed.
+    """The prepared shards, as the workers will read them: a ``pyarrow.Table`` when small, else a
+    Ray Dataset that streams.
 
-    Small (at most MATERIALIZE_MAX_SHARE of the object store, counting raw pixels) is
-    materialized before training starts; a large dataset (STL-10's 100k images at 96 px)
-    streams from its shards every epoch, so memory stays bounded.
+    Small (at most MATERIALIZE_MAX_SHARE of the object store, counting raw pixels) is read here
+    by pyarrow, put in the object store once, and each worker takes its equal share of the rows
+    (`pipelines.train_worker.real_batches`): no Ray Data task, so nothing waits for a CPU
+    (issue 34: a sweep's trial waited forever on Ray Data's tasks while stopped trials'
+    placement groups held every CPU; ``ray.data.from_arrow`` too runs a 1-CPU task). A large
+    dataset (STL-10's 100k images at 96 px) streams from its shards every epoch, so memory
+    stays bounded.
     """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import ray
     import ray.data
 
-    dataset = ray.data.read_parquet(shard_paths(data_dir, manifest), columns=["image", "label"])
+    paths = shard_paths(data_dir, manifest)
     raw_bytes = manifest["count"] * manifest["size"] ** 2 * manifest["channels"]
-    if raw_bytes <= MATERIALIZE_MAX_SHARE * ray.cluster_resources().get("object_store_memory", 0):
-        dataset = dataset.materialize()
-    return dataset
+    if raw_bytes > MATERIALIZE_MAX_SHARE * ray.cluster_resources().get("object_store_memory", 0):
+        return ray.data.read_parquet(paths, columns=["image", "label"])
+    tables = [pq.read_table(path, columns=["image", "label"], filesystem=filesystem)
+              for filesystem, path in map(datafs.resolve, paths)]
+    return pa.concat_tables(tables)
 
 
 def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifest: dict, trial: TrialPlumbing,
          *, resources: dict, torch_threads: int | None, progress: bool, verbose: bool):
-    import ray.data
+    import pyarrow as pa
+    import ray
     import ray.train
-    from ray.data.dataset import MaterializedDataset
     from ray.train.torch import TorchTrainer
 
     from pipelines.cluster.progress import train_progress
@@ -267,6 +288,8 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
 
     dataset = training_dataset(data_dir, manifest)
     reporter = train_progress(cfg.steps, enabled=progress)
+    record = holds.RecordGroup(trial.tags.get(run_tags.TRIAL_ID, run_id), trial.ledger, workers=run.workers,
+                               resources=resources, queue=reporter.queue)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -278,7 +301,8 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
             "progress_queue": reporter.queue,
             "objective": trial.objective,
             "init_checkpoint": trial.init_checkpoint,
-            "in_memory": isinstance(dataset, MaterializedDataset),  # small: each worker holds its shard
+            # small: the table, put once; each worker holds its share (else None: a Ray Data shard streams)
+            "in_memory": ray.put(dataset) if isinstance(dataset, pa.Table) else None,
             "system_metrics_interval_s": system_metrics.SAMPLING_INTERVAL_S,  # rank 0's machine, in the run
             # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
             # variables set after Ray started.
@@ -289,11 +313,13 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
         run_config=ray.train.RunConfig(
             name=tracking.ray_run_name(run_id),
             storage_path=run.storage_path,
-            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            # Each try to place the workers waits holds.start_timeout_s(); after --wait-for-workers, the run fails.
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures,
+                                                   controller_failure_limit=holds.start_retries(run.wait_for_workers)),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
-            callbacks=trial.callbacks,
+            callbacks=[*trial.callbacks, record],
         ),
-        datasets={"train": dataset},
+        datasets=None if isinstance(dataset, pa.Table) else {"train": dataset},
     )
     with reporter:
         return trainer.fit()

@@ -69,21 +69,25 @@ SHUFFLE_BUFFER = 2048
 
 
 def real_batches(cfg: TrainConfig, device: torch.device,
-                 in_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless stream of (images, labels) from this worker's Ray Data shard, epoch after epoch.
+                 in_memory: ray.ObjectRef | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless stream of (images, labels) from this worker's share of the data, epoch after epoch.
 
-    ``in_memory`` (a dataset the driver materialized: it is small): the shard is read
-    once into uint8 pixels on ``device`` and reshuffled there every epoch, so the hot
-    loop runs no Ray Data iterator, decode or host-to-device copy. Else it streams.
+    ``in_memory`` (the whole dataset as a pyarrow table the driver put in the object store: it is
+    small): this worker's equal share of the rows, as Ray Data would split them, is read once into
+    uint8 pixels on ``device`` and reshuffled there every epoch, so the hot loop runs no iterator,
+    decode or host-to-device copy. Else this worker's Ray Data shard streams.
     """
-    shard = ray.train.get_dataset_shard("train")
-    batch = cfg.batch // ray.train.get_context().get_world_size()  # this worker's part of the global batch
-    if in_memory:
-        table = pa.concat_tables(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+    context = ray.train.get_context()
+    batch = cfg.batch // context.get_world_size()  # this worker's part of the global batch
+    if in_memory is not None:
+        table = ray.get(in_memory)
+        share = table.num_rows // context.get_world_size()
+        table = table.slice(context.get_world_rank() * share, share)
         pixels = torch.from_numpy(unpack_images(table.column("image"), cfg.image_size, cfg.channels).copy())
         labels = torch.from_numpy(table.column("label").to_numpy()).to(torch.int64)
         yield from shuffled_batches(pixels.to(device), labels.to(device), batch, seed=cfg.seed)
         return
+    shard = ray.train.get_dataset_shard("train")
     epoch = 0
     while True:
         yielded = False
@@ -336,7 +340,7 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
     step_fn = TrainStep(cfg, state.generator, state.critic, state.g_opt, state.d_opt,
                         precision_mode=settings.precision, schedulers=state.schedulers)
     duties.started(step_fn.precision, world)
-    data = real_batches(cfg, device, in_memory=config.get("in_memory", False))
+    data = real_batches(cfg, device, in_memory=config.get("in_memory"))
     pending: list[tuple[int, dict[str, torch.Tensor], float]] = []
     images_per_step = cfg.n_critic * cfg.batch
     tick, tick_step = time.perf_counter(), state.start

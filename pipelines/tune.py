@@ -22,6 +22,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest
 from wgan.errors import UserError
 from pipelines import objective, tracking
-from pipelines.cluster import checkpoints
+from pipelines.cluster import checkpoints, holds
 from pipelines.tracking import run_tags
 from pipelines.cluster.connect import through_ray_client
 from pipelines.cluster.progress import StageProgress, is_terminal
@@ -119,6 +120,33 @@ class TrialProgress(Callback):
     on_trial_error = on_trial_complete  # an errored trial has ended too
 
 
+class ReleaseEndedTrials(Callback):
+    """On the sweep's driver: when Tune ends a trial (finished, stopped early by ASHA, errored), its
+    Train run's controller and placement group are released at once (`pipelines.cluster.holds`),
+    whatever Ray Train's own cleaner makes of it; a run's waiting notes are printed as they come."""
+
+    NOTES_EVERY_S = 2.0  # Tune's loop steps many times a second: the ledger is asked at most this often
+
+    def __init__(self, ledger: str, stream=None):
+        self.ledger, self.stream = ledger, stream
+        self._asked = 0.0
+
+    def __getstate__(self) -> dict:  # Tune saves its run config with the sweep's state: no stream in it
+        return {**self.__dict__, "stream": None}
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        holds.release(ray.get(ray.get_actor(self.ledger).take.remote(trial.trial_id)))
+
+    on_trial_error = on_trial_complete
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if time.monotonic() - self._asked < self.NOTES_EVERY_S:
+            return
+        self._asked = time.monotonic()
+        for note in ray.get(ray.get_actor(self.ledger).notes.remote()):
+            print(f"tune: {note}", file=self.stream or sys.stdout, flush=True)
+
+
 def _report_to_tune(item: dict[str, Any]) -> None:
     """Report to Tune with a checkpoint that points at the train checkpoint (on the
     storage every node shares), so that PBT can hand it to another trial."""
@@ -152,7 +180,8 @@ def _donor_pointer() -> dict[str, Any] | None:
 
 
 def wganctl_trial(config: dict[str, Any], *, base: dict, settings: RunSettings, data_dir: str, experiment: str,
-                  parent_run_id: str, objective_spec: dict, cpus_per_worker: float, tracking_uri: str) -> None:
+                  parent_run_id: str, objective_spec: dict, cpus_per_worker: float, tracking_uri: str,
+                  ledger: str) -> None:
     import mlflow
     from ray import tune
     from ray.util.queue import Empty, Queue
@@ -186,7 +215,7 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, settings: RunSettings, 
     queue = Queue(actor_options={"num_cpus": 0})
     plumbing = TrialPlumbing(parent_run_id=parent_run_id, tags={run_tags.TRIAL_ID: trial_id},
                              callbacks=[ForwardReports(queue)], objective=objective_spec,
-                             cpus_per_worker=cpus_per_worker)
+                             cpus_per_worker=cpus_per_worker, ledger=ledger)
     kwargs = dict(experiment=experiment, run=settings, progress=False, trial=plumbing)
     if exploited:
         # PBT: this trial goes on from another trial's checkpoint with perturbed
@@ -201,7 +230,10 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, settings: RunSettings, 
     # Tune places a trial's children in the trial's own (tiny) placement group; the
     # TorchTrainer and its Ray Data actors must be scheduled on the cluster instead.
     outside = PlacementGroupSchedulingStrategy(placement_group=None)
-    training = _train_task.options(scheduling_strategy=outside).remote(kwargs, tracking_uri)
+    driver = TrainDriver.options(scheduling_strategy=outside).remote()
+    # What the trial's earlier run held (PBT's exploit, a restored trial) is released now.
+    holds.release(ray.get(ray.get_actor(ledger).hold.remote(trial_id, driver)))
+    training = driver.run.remote(kwargs, tracking_uri)
     while True:
         try:
             _report_to_tune(queue.get(timeout=0.5))
@@ -215,12 +247,17 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, settings: RunSettings, 
     ray.get(training)  # raises the run's failure, which marks the trial errored
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def _train_task(kwargs: dict, tracking_uri: str) -> None:
-    import mlflow
+@ray.remote(num_cpus=0, max_restarts=0)
+class TrainDriver:
+    """Runs a trial's train run (`pipelines.train.train`, which starts its TorchTrainer) outside the
+    trial's placement group. An actor, not a task: a non-detached actor dies with its owner (the
+    trial), and the sweep can kill it by handle (`pipelines.cluster.holds`)."""
 
-    mlflow.set_tracking_uri(tracking_uri)
-    train(**kwargs)
+    def run(self, kwargs: dict, tracking_uri: str) -> None:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        train(**kwargs)
 
 
 def _searcher(seed: int | None, concurrent: int):
@@ -334,7 +371,7 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
     every = max(1, steps // reports)
     settings = RunSettings(workers=trial_workers, gpu=gpus_per_trial > 0, checkpoint_every=every, sample_every=every,
                            log_every=max(1, min(RunSettings.log_every, every)), storage_path=storage_path,
-                           max_failures=0).validate()
+                           max_failures=0, wait_for_workers=sweep.wait_for_workers).validate()
     # Every combination must be valid before anything starts.
     settings.check_fits(TrainConfig.from_dict({**base.to_dict(), "image_size": manifest["size"],
                                                "channels": manifest["channels"]}).resolved(),
@@ -368,11 +405,13 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
     objective_spec = objective.objective_spec(classifier, mu, sigma, sweep.objective_samples)
     parent_run_id, tune_path = _parent_run(client, experiment, interrupted, data_dir, base, settings, trials,
                                            scheduler)
+    ledger_name = f"wganctl-holds-{parent_run_id}"
+    ledger = holds.ledger(ledger_name)  # this driver's: it lives as long as the sweep
     trainable = tune.with_resources(
         tune.with_parameters(wganctl_trial, base=base.to_dict(), settings=settings, data_dir=data_dir,
                              experiment=experiment, parent_run_id=parent_run_id,
                              objective_spec=objective_spec, cpus_per_worker=cpus_per_worker,
-                             tracking_uri=tracking.tracking_uri()),
+                             tracking_uri=tracking.tracking_uri(), ledger=ledger_name),
         {"CPU": TRIAL_CPUS})
     if resume:
         tuner = tune.Tuner.restore(tune_path, trainable, resume_unfinished=True, resume_errored=False)
@@ -386,19 +425,24 @@ def tune_sweep(data_dir: str, *, sweep: SweepSettings | None = None, space_file:
                                         max_concurrent_trials=None if sweep.seed is not None else concurrent),
             run_config=tune.RunConfig(name=datafs.name(tune_path), storage_path=datafs.parent(tune_path),
                                       failure_config=tune.FailureConfig(max_failures=0),
-                                      **_console(trials)),
+                                      **_console(trials, ledger_name)),
         )
-    with _tune_output():
-        grid = tuner.fit()
+    try:
+        with _tune_output():
+            grid = tuner.fit()
+    finally:  # an interrupted sweep (Ctrl-C) too leaves nothing reserved
+        holds.release(ray.get(ledger.take_all.remote()))
+        ray.kill(ledger)
     return _summarise(client, grid, parent_run_id, experiment, register, alias, storage_path, reports)
 
 
-def _console(trials: int) -> dict[str, Any]:
+def _console(trials: int, ledger: str) -> dict[str, Any]:
     """RunConfig arguments: on a terminal Tune's own live table; elsewhere (a file, a pipe) a
-    plain line now and then instead (`TrialProgress`), and Tune silent (see `_tune_output`)."""
+    plain line now and then instead (`TrialProgress`), and Tune silent (see `_tune_output`).
+    Either way `ReleaseEndedTrials`."""
     if is_terminal(sys.stdout):
-        return {}
-    return {"verbose": 0, "callbacks": [TrialProgress(trials)]}
+        return {"callbacks": [ReleaseEndedTrials(ledger)]}
+    return {"verbose": 0, "callbacks": [TrialProgress(trials), ReleaseEndedTrials(ledger)]}
 
 
 @contextlib.contextmanager
@@ -557,10 +601,14 @@ def _check_registry_names(name: str, alias: str) -> None:
     """Refuse a model name or alias the registry would refuse, before the sweep rather than after it."""
     from mlflow.utils import validation
 
+    # MLflow's own checks (private: mlflow 3.18 renamed _validate_model_alias_name* to _validate_alias_name*)
+    check_alias = getattr(validation, "_validate_alias_name", None) or validation._validate_model_alias_name
+    check_reserved = (getattr(validation, "_validate_alias_name_reserved", None)
+                      or validation._validate_model_alias_name_reserved)
     try:
         validation._validate_model_name(name)
-        validation._validate_model_alias_name(alias)
-        validation._validate_model_alias_name_reserved(alias)
+        check_alias(alias)
+        check_reserved(alias)
     except mlflow.exceptions.MlflowException as err:
         raise UserError(f"--register {name} --alias {alias}: {err.message.splitlines()[0]}")
 

@@ -150,6 +150,7 @@ ROWS = [
     Row("train-storage-path-unknown-scheme", "train --data {data} --storage-path nosuch://bucket/ckpt",
         "nosuch:// is not a filesystem this machine knows"),
     Row("train-max-failures-negative", "train --data {data} --max-failures -1", "--max-failures must be >= 0"),
+    Row("train-wait-for-workers-zero", "train --data {data} --wait-for-workers 0", "--wait-for-workers must be > 0"),
     Row("train-gpu-without-gpus", "train --data {data} --gpu", "no GPU in the Ray cluster: drop --gpu", ray=True),
     Row("train-workers-more-than-the-autoscaler-places", "train --data {data} --address auto --workers 4",
         "--workers 4 needs 4 CPUs (1 per worker), the Ray cluster has at most 3: lower --workers to 3", ray=True,
@@ -182,6 +183,7 @@ ROWS = [
     # --- tune -----------------------------------------------------------------------------------
     Row("tune-data-none", "tune", "Missing option '--data'"),
     Row("tune-data-missing", "tune --data {tmp}/nowhere", "is not a prepared dataset"),
+    Row("tune-wait-for-workers-zero", "tune --data {data} --wait-for-workers 0", "--wait-for-workers must be > 0"),
     Row("tune-space-missing", "tune --data {data} --space {tmp}/nowhere.yaml", "search space file"),
     Row("tune-space-not-yaml", "tune --data {data} --space {cfg_yaml}", "is not valid YAML"),
     Row("tune-space-unknown-key", "tune --data {data} --space {cfg_key}", "space.lamda_gp: not a train option"),

@@ -15,6 +15,7 @@ import ray.train.torch
 import torch
 from ray.train.torch import TorchTrainer
 
+from pipelines.train import training_dataset
 from pipelines.train_worker import real_batches
 from wgan.config import TrainConfig
 from wgan.data.manifest import load_manifest, shard_paths
@@ -63,12 +64,13 @@ def test_two_workers_hold_identical_weights_after_every_step(in_memory, tiny_dat
     # gradients must still keep the replicas equal.
     cfg = TrainConfig(loss="wgan-gp", steps=3, width=8, z_dim=16, batch=32, augment="diffaug",
                       image_size=28, channels=1).resolved()
+    held = ray.put(training_dataset(tiny_dataset, manifest)) if in_memory else None  # the small-data path
     trainer = TorchTrainer(
         _lockstep_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "out": str(tmp_path), "in_memory": in_memory},
+        train_loop_config={"cfg": cfg.to_dict(), "out": str(tmp_path), "in_memory": held},
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "ray")),
-        datasets={"train": ray.data.read_parquet(shard_paths(tiny_dataset, manifest))},
+        datasets=None if in_memory else {"train": ray.data.read_parquet(shard_paths(tiny_dataset, manifest))},
     )
     trainer.fit()
     rank0 = json.loads((tmp_path / "rank0.json").read_text())

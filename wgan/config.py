@@ -289,6 +289,8 @@ class RunSettings:
     storage_path: str | None = knob(None, "checkpoint storage: local dir, s3://, shared FS",
                                     shown_default="./ray_results")
     max_failures: int = knob(2, "worker-group restarts from the last checkpoint before the run fails")
+    wait_for_workers: float = knob(600.0, "seconds the run waits for its workers' CPUs/GPUs, saying what holds "
+                                          "them, before it fails")
 
     def validate(self) -> "RunSettings":
         checks = [
@@ -300,6 +302,7 @@ class RunSettings:
             (self.log_every >= 1 and self.sample_every >= 1 and self.checkpoint_every >= 1,
              "log/sample/checkpoint intervals must be >= 1"),
             (self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}"),
+            (self.wait_for_workers > 0, f"--wait-for-workers must be > 0 seconds, got {self.wait_for_workers}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -24,6 +24,10 @@ LOCAL_RAY_ENV = {
     # A local machine is never a preempted cloud instance: no watcher actor, whose process
     # start-up (about 3 s here) is on every run's path.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Ray Train waits this long for a worker group's placement group before it tries again (60 s
+    # by default); each try tells the console what the run waits for (pipelines.cluster.holds).
+    # A local machine has no autoscaler to wait for: say it sooner.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15",
 }
 
 

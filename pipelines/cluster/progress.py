@@ -122,6 +122,16 @@ class StageProgress:
             elif not self.terminal and self._throttle.due(done):
                 print(self.line(done, text, now), file=self.stream, flush=True)
 
+    def note(self, text: str) -> None:
+        """A line of its own (``stage: text``), above the bar on a terminal: what the stage waits for."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._bar is not None:
+                self._bar.console.print(f"{self.stage}: {text}", markup=False, highlight=False)
+            else:
+                print(f"{self.stage}: {text}", file=self.stream, flush=True)
+
     def line(self, done: int, text: str, now: float) -> str:
         """The plain line: stage, count, share of the total, the stage's text, time left."""
         count = f"{self.stage}: {self.what} {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%)"
@@ -138,7 +148,8 @@ class StageProgress:
 
 class QueueFeed:
     """A Ray queue that remote code puts progress updates in, and the driver thread that passes them
-    to ``progress``: ``{"done": N, **fields}`` sets the count, ``{"advance": n, **fields}`` adds to it.
+    to ``progress``: ``{"done": N, **fields}`` sets the count, ``{"advance": n, **fields}`` adds to it,
+    ``{"note": text}`` prints a line of its own.
 
     Without progress (disabled) there is no queue (``queue`` is None) and nothing starts.
     """
@@ -165,7 +176,9 @@ class QueueFeed:
                 self._apply(dict(self.queue.get_nowait()))
 
     def _apply(self, update: dict) -> None:
-        if "done" in update:
+        if "note" in update:
+            self.progress.note(update["note"])
+        elif "done" in update:
             self.progress.update(update.pop("done"), **update)
         else:
             self.progress.advance(update.pop("advance", 1), **update)
