@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import mlflow
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
 from wgan.config import RunSettings, TrainConfig
 from wgan.data import fs as datafs
@@ -178,8 +179,10 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     run.check_fits(cfg, images=manifest["count"])
     run.storage_path = datafs.absolute(run.storage_path or DEFAULT_STORAGE)
     checkpoints.check_storage(run.storage_path)
+    fallback = None
     if resumed:
         resumed.check_storage(resume, run.storage_path)
+        fallback = _readable_checkpoint(resume, run.storage_path)
     else:
         tracking.check_experiment_name(experiment)
     tracking.check_reachable()
@@ -195,6 +198,8 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     if resumed:
         run_id = resume
         resumed.record(client, run_id, run)
+        if fallback:
+            fallback.set_aside(client, run_id, run.storage_path)
     else:
         run_id = tracking.start_train_run(client, experiment, cfg, run, data_dir=data_dir, manifest=manifest,
                                           manifest_sha256=manifest_sha256(data_dir),
@@ -202,7 +207,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     # --- Fit on Ray Train, then log the model from the driver, off the hot path -----------------
     try:
         result = _fit(cfg, run, run_id, data_dir, manifest, trial, resources=resources,
-                      torch_threads=torch_threads, progress=progress, verbose=verbose)
+                      torch_threads=torch_threads, progress=progress, verbose=verbose, fallback=fallback)
     except KeyboardInterrupt:
         client.set_terminated(run_id, status="KILLED")
         raise
@@ -216,6 +221,38 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
         _fail(client, run_id, reason)
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
     return _finish(client, run_id, result, run)
+
+
+@dataclass
+class _Fallback:
+    """A resumed run's newest checkpoints that do not load (``skipped``: name, why) and the newest one
+    that does (``where``), which the run goes on from instead."""
+
+    where: str
+    skipped: list[tuple[str, str]]
+
+    def set_aside(self, client: MlflowClient, run_id: str, storage_path: str) -> None:
+        """Copy the unreadable ones aside (never deleted), say so in one line and in the run's tag."""
+        notes = [f"{name} ({why}; kept as {checkpoints.set_aside(storage_path, run_id, name)})"
+                 for name, why in self.skipped]
+        step = int(datafs.name(self.where).removeprefix(checkpoints.DIR_PREFIX))
+        print(f"train: skipped checkpoint(s) of run {run_id} that cannot be read: {'; '.join(notes)}; "
+              f"resuming from step {step}", flush=True)
+        before = client.get_run(run_id).data.tags.get(run_tags.SKIPPED_CHECKPOINTS)
+        client.set_tag(run_id, run_tags.SKIPPED_CHECKPOINTS,
+                       "; ".join(filter(None, [before, *notes]))[:MAX_TAG_VAL_LENGTH])
+
+
+def _readable_checkpoint(run_id: str, storage_path: str) -> _Fallback | None:
+    """None when the run's newest checkpoint loads (or it has none); a `_Fallback` when an older one
+    must stand in; refused in one line when no checkpoint of the run loads."""
+    where, skipped = checkpoints.newest_loadable(storage_path, run_id)
+    if not skipped:
+        return None
+    if where is None:
+        raise UserError(f"no checkpoint of run {run_id} in {storage_path} can be read (newest: {skipped[0][1]}): "
+                        f"restore them from a copy, or start a new run")
+    return _Fallback(where, skipped)
 
 
 def _never_placed(err: BaseException) -> bool:
@@ -277,7 +314,7 @@ def training_dataset(data_dir: str, manifest: dict):
 
 
 def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifest: dict, trial: TrialPlumbing,
-         *, resources: dict, torch_threads: int | None, progress: bool, verbose: bool):
+         *, resources: dict, torch_threads: int | None, progress: bool, verbose: bool, fallback: _Fallback | None):
     import pyarrow as pa
     import ray
     import ray.train
@@ -301,6 +338,9 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
             "progress_queue": reporter.queue,
             "objective": trial.objective,
             "init_checkpoint": trial.init_checkpoint,
+            # --resume past unreadable checkpoints: Ray Train still names the newest; the workers skip it
+            "skipped_checkpoints": [name for name, _ in fallback.skipped] if fallback else [],
+            "fallback_checkpoint": fallback.where if fallback else None,
             # small: the table, put once; each worker holds its share (else None: a Ray Data shard streams)
             "in_memory": ray.put(dataset) if isinstance(dataset, pa.Table) else None,
             "system_metrics_interval_s": system_metrics.SAMPLING_INTERVAL_S,  # rank 0's machine, in the run

@@ -35,6 +35,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from wgan import checkpoint as ckpt, precision
 from wgan.config import RunSettings, TrainConfig
+from wgan.data import fs as datafs
 from wgan.data.images import unpack_images
 from wgan.data.in_memory import shuffled_batches
 from wgan.data.reader import decode_images
@@ -181,6 +182,10 @@ def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
     state = _State(generator, critic, g_opt, d_opt, build_schedulers(cfg, g_opt, d_opt),
                    fixed_z=torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)))
     restored = ray.train.get_checkpoint()
+    if restored is not None and restored.path.rstrip("/").rsplit("/", 1)[-1] in config.get("skipped_checkpoints", ()):
+        # --resume found it unreadable and set it aside: go on from the newest that loads
+        filesystem, path = datafs.resolve(config["fallback_checkpoint"])
+        restored = ray.train.Checkpoint(path, filesystem=filesystem)
     if restored is None and config.get("init_checkpoint"):
         restored = ray.train.Checkpoint(config["init_checkpoint"])
     if restored is None:

@@ -18,6 +18,10 @@ from wgan.errors import UserError
 from pipelines.tracking import ray_run_name
 
 DIR_PREFIX = "checkpoint_"
+# An unreadable checkpoint is copied aside under this prefix (never deleted): out of the run's
+# checkpoint names. The original stays (Ray Train's snapshot of the run lists it, and its
+# controller refuses to start without it) until the run writes that step again.
+SET_ASIDE_PREFIX = "unreadable-"
 
 
 def dir_name(step: int) -> str:
@@ -49,3 +53,30 @@ def load(where: str) -> dict[str, Any]:
     filesystem, path = datafs.resolve(where)
     with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as directory:
         return ckpt.load(directory)
+
+
+def newest_loadable(storage_path: str, run_id: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """The run's newest checkpoint that loads (None if none does), and the newer ones that do not,
+    newest first, each as (directory name, why): truncated, corrupt, or a directory a kill left
+    without its file."""
+    skipped = []
+    for where in reversed(run_checkpoints(storage_path, run_id)):
+        try:
+            load(where)
+            return where, skipped
+        except UserError as err:
+            skipped.append((datafs.name(where), str(err)))
+    return None, skipped
+
+
+def set_aside(storage_path: str, run_id: str, name: str) -> str:
+    """Copy the run's checkpoint directory ``name`` to ``unreadable-<name>`` beside it, byte for byte
+    (``pyarrow.fs.copy_files``: local and object stores alike); returns the copy's name."""
+    import pyarrow.fs as pafs
+
+    filesystem, run_dir = datafs.resolve(datafs.join(storage_path, ray_run_name(run_id)))
+    copy = f"{SET_ASIDE_PREFIX}{name}"
+    filesystem.create_dir(f"{run_dir}/{copy}", recursive=True)  # a directory a kill left empty is kept too
+    pafs.copy_files(f"{run_dir}/{name}", f"{run_dir}/{copy}", source_filesystem=filesystem,
+                    destination_filesystem=filesystem)
+    return copy

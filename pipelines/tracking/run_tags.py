@@ -20,6 +20,7 @@ RAY_RUN_NAME = "ray.run_name"
 COMPLETED_STEPS = "wganctl.completed_steps"
 PRECISION = "wganctl.precision"  # what --precision auto became on the workers
 RESUMED_WITH = "wganctl.resumed_with"  # run settings changed by --resume, and at which step
+SKIPPED_CHECKPOINTS = "wganctl.skipped_checkpoints"  # checkpoints --resume could not read, set aside, and why
 FAILURE_REASON = "wganctl.failure_reason"
 DIVERGED = "wganctl.diverged"
 TRACKING_OUTAGE = "wganctl.tracking_outage"  # written by pipelines.tracking.resilient_logging
