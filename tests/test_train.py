@@ -270,20 +270,25 @@ def test_a_diverging_run_fails_in_mlflow_and_keeps_its_last_good_checkpoint(tiny
 
 
 def test_a_killed_train_driver_gives_its_cpus_back(tiny_dataset, ray_session, mlflow_store, tmp_path):
-    """What a sweep does to a trial that early stopping ends: the process driving the train
-    (here a Ray task, as each tune trial's is) dies mid-run. Ray Train's own cleaner must
-    then free the workers' placement group; it finds the dead driver through Ray's state
-    API, which needs the dashboard (seen in CI without it: the CPUs stayed held and the
-    sweep's next trial waited for them until the 10-minute timeout)."""
+    """What a sweep does to a trial that Tune ends (`pipelines.cluster.holds`): the run's driver
+    actor, its controller and its placement group, recorded in the sweep's ledger, are released
+    at once, by handle, with no wait on Ray's state API (Ray Train's own cleaner waits on it, and
+    under load never freed them: issue 34)."""
     import ray
+
+    from pipelines.cluster import holds
+    from pipelines.train import TrialPlumbing
+    from pipelines.tune import TrainDriver
 
     cfg = TrainConfig(loss="wgan-gp", steps=100_000, width=8, z_dim=16, batch=16, n_critic=1)
     settings = RunSettings(log_every=1, sample_every=100_000, checkpoint_every=100_000,
                            storage_path=str(tmp_path / "ckpts"))
-    driver = ray.remote(num_cpus=0, max_retries=0)(
-        lambda: (mlflow.set_tracking_uri(mlflow_store),
-                 train(cfg, tiny_dataset, run=settings, experiment="t", progress=False)))
-    task = driver.remote()
+    ledger = holds.ledger("test-ledger")
+    driver = TrainDriver.remote()
+    assert ray.get(ledger.hold.remote("trial-1", driver)) == []
+    plumbing = TrialPlumbing(tags={"wganctl.trial_id": "trial-1"}, ledger="test-ledger")
+    driver.run.remote(dict(cfg=cfg, data_dir=tiny_dataset, run=settings, experiment="t", progress=False,
+                           trial=plumbing), mlflow_store)
     client = MlflowClient()
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -295,11 +300,13 @@ def test_a_killed_train_driver_gives_its_cpus_back(tiny_dataset, ray_session, ml
         pytest.fail("the train never logged a step")
     total = ray.cluster_resources()["CPU"]
     assert ray.available_resources().get("CPU", 0) < total  # its workers hold CPUs
-    ray.cancel(task, force=True)  # kills the driving process, as Tune kills a stopped trial's
-    deadline = time.time() + 30
+    removed = holds.release(ray.get(ledger.take.remote("trial-1")))
+    assert len(removed) == 1  # the run's group was still reserved, and is removed now
+    deadline = time.time() + 10
     while ray.available_resources().get("CPU", 0) < total and time.time() < deadline:
         time.sleep(0.25)
-    assert ray.available_resources().get("CPU", 0) == total, "the killed run's workers still hold CPUs"
+    ray.kill(ledger)
+    assert ray.available_resources().get("CPU", 0) == total, "the released run's workers still hold CPUs"
 
 
 def test_a_worker_error_fails_the_run_with_its_logging_sent_and_its_checkpoints_kept(
