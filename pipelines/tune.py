@@ -122,17 +122,14 @@ class TrialProgress(Callback):
 
 class ReleaseEndedTrials(Callback):
     """On the sweep's driver: when Tune ends a trial (finished, stopped early by ASHA, errored), its
-    Train run's controller and placement group are released at once (`pipelines.cluster.holds`),
+    Train run's driver, controller and placement group are released at once (`pipelines.cluster.holds`),
     whatever Ray Train's own cleaner makes of it; a run's waiting notes are printed as they come."""
 
     NOTES_EVERY_S = 2.0  # Tune's loop steps many times a second: the ledger is asked at most this often
 
-    def __init__(self, ledger: str, stream=None):
-        self.ledger, self.stream = ledger, stream
+    def __init__(self, ledger: str):
+        self.ledger = ledger  # a name: Tune saves its run config, callbacks too, with the sweep's state
         self._asked = 0.0
-
-    def __getstate__(self) -> dict:  # Tune saves its run config with the sweep's state: no stream in it
-        return {**self.__dict__, "stream": None}
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         holds.release(ray.get(ray.get_actor(self.ledger).take.remote(trial.trial_id)))
@@ -144,7 +141,7 @@ class ReleaseEndedTrials(Callback):
             return
         self._asked = time.monotonic()
         for note in ray.get(ray.get_actor(self.ledger).notes.remote()):
-            print(f"tune: {note}", file=self.stream or sys.stdout, flush=True)
+            print(f"tune: {note}", flush=True)
 
 
 def _report_to_tune(item: dict[str, Any]) -> None:
