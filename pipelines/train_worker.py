@@ -182,7 +182,7 @@ def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
     state = _State(generator, critic, g_opt, d_opt, build_schedulers(cfg, g_opt, d_opt),
                    fixed_z=torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)))
     restored = ray.train.get_checkpoint()
-    if restored is not None and restored.path.rstrip("/").rsplit("/", 1)[-1] in config.get("skipped_checkpoints", ()):
+    if restored is not None and datafs.name(restored.path) in config.get("skipped_checkpoints", ()):
         # --resume found it unreadable and set it aside: go on from the newest that loads
         filesystem, path = datafs.resolve(config["fallback_checkpoint"])
         restored = ray.train.Checkpoint(path, filesystem=filesystem)

@@ -131,8 +131,9 @@ def describe_wait(workers: int, resources: dict[str, float]) -> str:
 
 class RecordGroup(ControllerCallback, WorkerGroupCallback):
     """A Ray Train callback (its controller runs it): records the run's controller and placement
-    group in the ledger ``ledger_name`` under ``owner`` as the group starts. While the group cannot be placed, each retry puts a waiting note in
-    ``queue`` (a train run's progress feed) or, for a trial, in the ledger.
+    group in the ledger ``ledger_name`` under ``owner`` as the group starts. While the group cannot
+    be placed, each retry puts a waiting note in ``queue`` (a train run's progress feed) or, for a
+    trial, in the ledger.
 
     Ray Train takes a callback that is not a ``UserCallback`` as one of its own
     (``DataParallelTrainer._create_default_callbacks``: "custom workarounds built on top of
