@@ -19,7 +19,7 @@ import typer
 import typer.core
 
 from wgan.config import RunSettings, TrainConfig
-from wgan.errors import UserError
+from wgan.errors import UserError, no_space
 from pipelines.cli_options import config_values, knob_options
 from pipelines.cluster import console
 from pipelines.search_space import SweepSettings
@@ -91,6 +91,15 @@ def user_errors_exit_2(fn):
             return fn(*args, **kwargs)
         except UserError as err:
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2)
+        except Exception as err:  # a full disk that no stage named: still one line, exit 2
+            full = no_space(err)
+            if full is None:
+                raise
+            where = getattr(full, "filename", None)
+            typer.echo(f"error: no space left on device{f' writing {where}' if where else ''} "
+                       f"({str(full).splitlines()[0][:200]}): free space there, or write elsewhere, "
+                       f"and run the command again", err=True)
             raise typer.Exit(code=2)
 
     return wrapper

@@ -39,8 +39,8 @@ from wgan.data.imagefolder import load_image_folder
 from wgan.data.images import pack_images
 from wgan.data.manifest import ENCODING, FORMAT_VERSION, MANIFEST_NAME, load_manifest, write_manifest
 from wgan.data.parts import LoadedSource, Part, ShardPlan, plan_shards, rows_per_shard_for, select_rows
-from wgan.data.shards import ShardSummary, write_shard
-from wgan.errors import UserError
+from wgan.data.shards import ShardSummary, encode_shard, write_shard
+from wgan.errors import OutOfSpace, UserError, no_space
 
 IMAGEFOLDER = "imagefolder"
 _TMP_MARK = ".tmp-"
@@ -98,10 +98,19 @@ def prepare(
     row_bytes = size * size * params["channels"]
     plans = plan_shards(parts, rows_per_shard or rows_per_shard_for(sum(len(p) for p in parts), row_bytes))
 
+    needed = _check_space(out, parts, size, params["channels"])
+
     init_ray(address)  # joins ``address`` or RAY_ADDRESS's cluster, else starts a local Ray; no-op if Ray is up
     tmp = f"{out_path}{_TMP_MARK}{secrets.token_hex(4)}"
     try:
-        shards, unreadable = _encode_and_write(filesystem, tmp, parts, plans, size, params["channels"], progress)
+        try:
+            shards, unreadable = _encode_and_write(filesystem, tmp, parts, plans, size, params["channels"], progress)
+        except Exception as err:
+            if no_space(err) is None:
+                raise
+            raise OutOfSpace(f"--out {out}: no space left on device while writing the shards (about "
+                             f"{_megabytes(needed)} needed): free space there or give another --out; "
+                             f"nothing was kept") from err
         if strict and unreadable:
             bad_path, reason = unreadable[0]
             raise UserError(f"{bad_path}: unreadable image ({reason}); fix or remove it, or drop --strict to skip unreadable images")
@@ -114,6 +123,38 @@ def prepare(
         if datafs.exists(filesystem, tmp):
             filesystem.delete_dir(tmp)
     return PrepareResult(out, manifest)
+
+
+# The share of a dataset encoded to estimate its size, and the margin over the estimate that is
+# refused up front: shards of other rows compress a little differently.
+_SPACE_SAMPLE_ROWS = 256
+_SPACE_MARGIN = 1.1
+
+
+def _check_space(out: str, parts: list[Part], size: int, channels: int) -> int | None:
+    """Refuse, before anything is written, a dataset that ``out``'s filesystem has no room for; returns
+    the bytes it needs, about: its first rows encoded as its shards will be (zstd parquet), scaled to
+    every row. None where that is not knowable (an empty source; free space is unknown on object stores)."""
+    part = next((p for p in parts if len(p)), None)
+    if part is None:
+        return None
+    rows = part.encode(0, min(len(part), _SPACE_SAMPLE_ROWS), size, channels)
+    if not len(rows.labels):
+        return None
+    sample = pa.table({"image": pack_images(rows.images), "label": rows.labels,
+                       "split": pa.array([part.split] * len(rows.labels), type=pa.string())})
+    needed = int(len(encode_shard(sample)) / len(rows.labels) * sum(len(p) for p in parts) * _SPACE_MARGIN)
+    free = datafs.free_bytes(out)
+    if free is not None and free < needed:
+        raise OutOfSpace(f"--out {out}: the dataset needs about {_megabytes(needed)} and its filesystem has "
+                         f"{_megabytes(free)} free: free space there or give another --out")
+    return needed
+
+
+def _megabytes(n: int | None) -> str:
+    if n is None:
+        return "an unknown amount"
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} kB"
 
 
 def default_out(dataset: str, path: str | None, size: int) -> str:

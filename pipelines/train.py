@@ -20,7 +20,7 @@ from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from wgan.config import RunSettings, TrainConfig
 from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
-from wgan.errors import UserError
+from wgan.errors import OutOfSpace, UserError, no_space
 from wgan.knobs import knobs
 from pipelines import tracking
 from pipelines.cluster import checkpoints, holds
@@ -79,6 +79,7 @@ class _Resumed:
     data_dir: str
     settings: RunSettings  # as it last ran
     done: int  # steps in its last checkpoint
+    status: str  # its MLflow status before this resume
 
     def continued(self, run_id: str, cfg: TrainConfig | None, data_dir: str | None, run: RunSettings | None,
                   steps: int | None) -> tuple[TrainConfig, str, RunSettings]:
@@ -105,6 +106,17 @@ class _Resumed:
             tracking.record_resume(client, run_id, self.done, changes)
         tracking.log_run_settings(client, run_id, settings)
         client.update_run(run_id, status="RUNNING")
+
+    def failed_before_a_new_checkpoint(self, client: MlflowClient, run_id: str, storage_path: str,
+                                       went_on_from: str | None, reason: str) -> bool:
+        """A resume of a FINISHED run that ends before it saved a checkpoint leaves the run as its
+        training ended: FINISHED, its model and completed steps untouched, the failure in the tag
+        ``wganctl.failed_resume`` (docs/architecture.md, section 3). True when that is so."""
+        if self.status != "FINISHED" or checkpoints.newest_loadable(storage_path, run_id)[0] != went_on_from:
+            return False
+        client.set_tag(run_id, run_tags.FAILED_RESUME, reason[:MAX_TAG_VAL_LENGTH])
+        client.set_terminated(run_id, status="FINISHED")
+        return True
 
 
 def _config_for_data(cfg: TrainConfig, manifest: dict) -> TrainConfig:
@@ -137,7 +149,7 @@ def _resumed_run(client: MlflowClient, run_id: str) -> _Resumed:
     except mlflow.exceptions.MlflowException:  # a run logged before run_settings.json
         settings = RunSettings.from_legacy(logged, storage_path=run.data.tags[run_tags.STORAGE_PATH])
     return _Resumed(TrainConfig.from_dict(logged), run.data.params["data_dir"], settings,
-                    done=int(run.data.tags.get(run_tags.COMPLETED_STEPS, "0")))
+                    done=int(run.data.tags.get(run_tags.COMPLETED_STEPS, "0")), status=run.info.status)
 
 
 def _refuse_model_changes(run_id: str, logged: TrainConfig, given: TrainConfig) -> None:
@@ -179,10 +191,11 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     run.check_fits(cfg, images=manifest["count"])
     run.storage_path = datafs.absolute(run.storage_path or DEFAULT_STORAGE)
     checkpoints.check_storage(run.storage_path)
-    fallback = None
+    fallback = went_on_from = None
     if resumed:
         resumed.check_storage(resume, run.storage_path)
         fallback = _readable_checkpoint(resume, run.storage_path)
+        went_on_from = fallback.where if fallback else (checkpoints.run_checkpoints(run.storage_path, resume) or [None])[-1]
     else:
         tracking.check_experiment_name(experiment)
     tracking.check_reachable()
@@ -209,7 +222,9 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
         result = _fit(cfg, run, run_id, data_dir, manifest, trial, resources=resources,
                       torch_threads=torch_threads, progress=progress, verbose=verbose, fallback=fallback)
     except KeyboardInterrupt:
-        client.set_terminated(run_id, status="KILLED")
+        if not (resumed and resumed.failed_before_a_new_checkpoint(client, run_id, run.storage_path, went_on_from,
+                                                                   "interrupted (Ctrl-C)")):
+            client.set_terminated(run_id, status="KILLED")
         raise
     except Exception as err:
         failures = getattr(err, "worker_failures", None)  # Ray Train's WorkerGroupError: the worker's own error
@@ -218,7 +233,17 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
         if _never_placed(err):
             reason = (f"its workers could not be placed within {run.wait_for_workers:g} s (--wait-for-workers): "
                       f"{holds.describe_wait(run.workers, resources)}: free them (`ray status`) or lower --workers")
-        _fail(client, run_id, reason)
+        full = no_space(err)
+        if full is not None:
+            reason = (f"no space left on device ({str(full).splitlines()[0][:200]}); its last good checkpoint is "
+                      f"kept in {run.storage_path}/{tracking.ray_run_name(run_id)}")
+        if resumed and resumed.failed_before_a_new_checkpoint(client, run_id, run.storage_path, went_on_from, reason):
+            reason += f"; run {run_id} is left as its training ended (FINISHED, tag {run_tags.FAILED_RESUME})"
+        else:
+            _fail(client, run_id, reason)
+        if full is not None:
+            raise OutOfSpace(f"training run {run_id} failed: {reason}: free space, then "
+                             f"`wganctl train --resume {run_id}` goes on from it") from err
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
     return _finish(client, run_id, result, run)
 

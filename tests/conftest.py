@@ -164,3 +164,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A factory of small real filesystems: ``small_disk(bytes)`` mounts a tmpfs of that size
+    under tmp_path and returns its path (``.resize(bytes)`` remounts it larger: space freed);
+    unmounted after the test. Mounting needs root: the test is skipped, saying so, elsewhere."""
+    import subprocess
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root; run as root (CI does) to test a full disk")
+    mounted = []
+
+    class Disk(type(Path())):
+        def resize(self, size: int) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(self)], check=True)
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"this machine cannot mount a tmpfs ({done.stderr.strip()}): a full disk is not testable here")
+        mounted.append(where)
+        return Disk(where)
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "--lazy", str(where)], check=False)

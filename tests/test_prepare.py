@@ -18,6 +18,7 @@ import pipelines.prepare as prepare_module
 from pipelines.cli import app
 from pipelines.prepare import prepare
 from tests import data_formats
+from tests.cli_output import assert_one_line_error
 from wgan.data.images import unpack_images
 
 FASHION_MNIST_SYSTEM_COPY = Path("/usr/share/datasets/fashion-mnist")
@@ -51,13 +52,6 @@ def pil_resized(pixels: np.ndarray, size: int, mode: str | None = None) -> np.nd
 def cli(*args: str):
     return CliRunner().invoke(app, ["prepare", *args])
 
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_mnist_idx_gz_is_resized_like_pil_with_labels_and_checksums(tmp_path: Path, ray_session) -> None:

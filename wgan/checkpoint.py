@@ -1,11 +1,16 @@
 """One-file training checkpoints that load without unpickling arbitrary objects.
 
 Layout: docs/architecture.md, section 2. Saving goes through a temporary file and
-an atomic rename, so a crash mid-save never leaves a truncated checkpoint.
+an atomic rename, so a crash mid-save never leaves a truncated checkpoint where it is
+written. Ray Train then copies the directory to the run's storage file by file, in place
+(no rename: a kill or a full disk mid-copy leaves part of it), so the file's size and
+sha256 go beside it (``checkpoint.json``) and `load` verifies them: a copy cut short,
+whatever its bytes, never loads as a checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,11 +19,17 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+import pyarrow.fs as pafs
+
 from wgan.config import TrainConfig
+from wgan.data.manifest import file_sha256
 from wgan.errors import UserError
 
-FORMAT_VERSION = 1
+# 2: checkpoint.json (the file's size and sha256) is part of the checkpoint; 1 (older runs) had none.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FILENAME = "checkpoint.pt"
+INTEGRITY_FILENAME = "checkpoint.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -57,24 +68,66 @@ def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator
         "d_scheduler": None if d_scheduler is None else d_scheduler.state_dict(),
     }
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as out:  # a file object: a full disk surfaces as its OSError (`wgan.errors.no_space`)
+            torch.save(payload, out)
+        os.replace(tmp, path)
+        _write_atomically(path.parent / INTEGRITY_FILENAME, json.dumps(_integrity(path)).encode())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays
+        raise
     return path
 
 
+def _integrity(path: Path) -> dict[str, Any]:
+    return {"file": FILENAME, "bytes": path.stat().st_size, "sha256": file_sha256(pafs.LocalFileSystem(), str(path))}
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _verify(path: Path) -> bool:
+    """Refuse a checkpoint file whose recorded size or sha256 it does not have (a copy cut short,
+    or bytes changed since); False when nothing is recorded beside it (format 1 had nothing)."""
+    record = path.parent / INTEGRITY_FILENAME
+    if not record.is_file():
+        return False
+    try:
+        expected = json.loads(record.read_text())
+        found = _integrity(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"checkpoint {path} cannot be verified ({type(err).__name__}): it is incomplete or corrupt")
+    if found["bytes"] != expected.get("bytes"):
+        raise UserError(f"checkpoint {path} is incomplete: {found['bytes']} of {expected.get('bytes')} bytes")
+    if found["sha256"] != expected.get("sha256"):
+        raise UserError(f"checkpoint {path} is corrupt: its sha256 is not the one recorded when it was saved")
+    return True
+
+
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file (or a directory holding one) with ``weights_only=True``."""
+    """Load a checkpoint file (or a directory holding one) with ``weights_only=True``, verified
+    first against its recorded size and sha256 (format 2, where that record is required)."""
     path = Path(path)
     if path.is_dir():
         path = path / FILENAME
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}: pass a checkpoint directory written by `wganctl train`")
+    verified = _verify(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint at {path}: pass a checkpoint directory written by `wganctl train`")
     except Exception as err:  # a truncated or foreign file
         raise UserError(f"checkpoint {path} cannot be read ({type(err).__name__}): it is corrupt or not a wganctl checkpoint")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format_version {payload.get('format_version')}, expected {FORMAT_VERSION}")
+    version = payload.get("format_version") if isinstance(payload, dict) else None
+    if version not in READABLE_VERSIONS:
+        raise UserError(f"checkpoint {path} has format_version {version}, expected one of {READABLE_VERSIONS}")
+    if version >= 2 and not verified:
+        raise UserError(f"checkpoint {path} is incomplete: its {INTEGRITY_FILENAME} is missing (a write cut short)")
     return payload
 
 

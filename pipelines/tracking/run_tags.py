@@ -22,6 +22,7 @@ PRECISION = "wganctl.precision"  # what --precision auto became on the workers
 RESUMED_WITH = "wganctl.resumed_with"  # run settings changed by --resume, and at which step
 SKIPPED_CHECKPOINTS = "wganctl.skipped_checkpoints"  # checkpoints --resume could not read, set aside, and why
 FAILURE_REASON = "wganctl.failure_reason"
+FAILED_RESUME = "wganctl.failed_resume"  # why a resume of a FINISHED run ended before a new checkpoint (it stays FINISHED)
 DIVERGED = "wganctl.diverged"
 TRACKING_OUTAGE = "wganctl.tracking_outage"  # written by pipelines.tracking.resilient_logging
 TRACKING_LOST = "wganctl.tracking_lost"

@@ -65,14 +65,28 @@ def cannot_write(location: str, *, fsspec_too: bool = False) -> str | None:
     path = absolute(location)
     if os.path.exists(path) and not os.path.isdir(path):
         return f"{path} is a file, not a directory"
-    ancestor = path
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
+    ancestor = _nearest_existing(path)
     if not os.path.isdir(ancestor):
         return f"{ancestor} is a file, not a directory"
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return f"{ancestor} is not writable by this user"
     return None
+
+
+def _nearest_existing(path: str) -> str:
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def free_bytes(location: str) -> int | None:
+    """Bytes free to this user on the local filesystem that ``location`` is (or would be created)
+    on; None for a URI, whose free space no API tells."""
+    if is_uri(location):
+        return None
+    import shutil
+
+    return shutil.disk_usage(_nearest_existing(absolute(location))).free
 
 
 def absolute(location: str) -> str:

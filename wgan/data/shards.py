@@ -34,12 +34,18 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
+def encode_shard(table: pa.Table) -> pa.Buffer:
+    """The parquet file of a table of the prepared-dataset schema, in memory: what `write_shard` writes."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table.select(SCHEMA.names).cast(SCHEMA), buffer, compression="zstd", use_dictionary=["split"],
+                   write_statistics=["label", "split"])
+    return buffer.getvalue()
+
+
 def write_shard(filesystem: pafs.FileSystem, directory: str, index: int, table: pa.Table, size: int, channels: int) -> ShardSummary:
     """Write the ``image``/``label``/``split`` columns of ``table`` as ``<directory>/part-<index>.parquet`` (zstd)."""
     table = table.select(SCHEMA.names).cast(SCHEMA)
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer, compression="zstd", use_dictionary=["split"], write_statistics=["label", "split"])
-    data = buffer.getvalue()
+    data = encode_shard(table)
     name = shard_name(index)
     with filesystem.open_output_stream(datafs.join(directory, name)) as out:
         out.write(data)
