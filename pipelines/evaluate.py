@@ -99,7 +99,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         extractor = classifier_extractor(_matching_classifier(client, classifier_run, run, manifest))
         key = f"classifier-{classifier_run}"
         tags["eval.classifier_run"] = classifier_run
-    saved_at = None if checkpoint is None else _checkpoint_location(run, checkpoint)
+    saved = None if checkpoint is None else _checkpoint_payload(run, checkpoint)
     local = init_ray(address)
     if gpu is None:
         import ray
@@ -115,9 +115,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
                                      num_classes=int(run.data.params.get("num_classes", 0) or 0))
         step = int(run.data.tags.get(run_tags.COMPLETED_STEPS, "0"))
     else:
-        from pipelines.cluster import checkpoints
-
-        generator, step = checkpoint_generator(checkpoints.load(saved_at)), checkpoint
+        generator, step = checkpoint_generator(saved), checkpoint
         tags["eval.checkpoint_step"] = str(checkpoint)
     drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu, progress=progress)
     images, sample_features, sample_logits = drawn["image"], drawn["features"], drawn["logits"]
@@ -185,18 +183,23 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _checkpoint_location(run, step: int) -> str:
-    """Where the run's Ray Train checkpoint at ``step`` is (local or remote storage); refused if it has none there."""
+def _checkpoint_payload(run, step: int) -> dict:
+    """The run's Ray Train checkpoint at ``step`` (local or remote storage), loaded and verified
+    before Ray starts; refused in one line if it has none there, or the one there does not load."""
     from pipelines.cluster import checkpoints
 
     storage = run.data.tags.get(run_tags.STORAGE_PATH, "")
     saved = checkpoints.run_checkpoints(storage, run.info.run_id) if storage else []
     wanted = [where for where in saved if datafs.name(where) == checkpoints.dir_name(step)]
+    steps = ", ".join(str(int(datafs.name(where).removeprefix(checkpoints.DIR_PREFIX))) for where in saved)
     if not wanted:
-        steps = ", ".join(str(int(datafs.name(where).removeprefix(checkpoints.DIR_PREFIX))) for where in saved)
         raise UserError(f"run {run.info.run_id} has no checkpoint at step {step} in {storage or 'its storage'}: "
                         f"give a step it checkpointed ({steps or 'none are left'})")
-    return wanted[0]
+    try:
+        return checkpoints.load(wanted[0])
+    except UserError as err:
+        raise UserError(f"run {run.info.run_id}'s checkpoint at step {step} cannot be used: {err}: "
+                        f"give another step it checkpointed ({steps})") from err
 
 
 def _file_sha256(path: str) -> str:

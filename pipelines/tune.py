@@ -176,6 +176,17 @@ def _donor_pointer() -> dict[str, Any] | None:
         return json.loads(Path(directory, POINTER_FILE).read_text())
 
 
+def _donor_checkpoint(trial_id: str, donor: dict[str, Any]) -> str | None:
+    """The donor's checkpoint PBT chose, or, where a fault left it unreadable, the donor run's newest
+    earlier one that loads (said on the console); None (train afresh) when none of them loads."""
+    usable, skipped = checkpoints.loadable_at_or_before(donor["path"])
+    if skipped:
+        went_on = f"going on from its {datafs.name(usable)}" if usable else "none loads: training afresh"
+        print(f"tune: trial {trial_id}: skipped checkpoint(s) of donor run {donor['run_id']} that cannot be read: "
+              f"{'; '.join(f'{name} ({why})' for name, why in skipped)}; {went_on}", flush=True)
+    return usable
+
+
 def wganctl_trial(config: dict[str, Any], *, base: dict, settings: RunSettings, data_dir: str, experiment: str,
                   parent_run_id: str, objective_spec: dict, cpus_per_worker: float, tracking_uri: str,
                   ledger: str) -> None:
@@ -218,7 +229,7 @@ def wganctl_trial(config: dict[str, Any], *, base: dict, settings: RunSettings, 
         # PBT: this trial goes on from another trial's checkpoint with perturbed
         # hyperparameters, as a new child run (a run's parameters cannot change).
         plumbing.tags[run_tags.PBT_DONOR] = donor["run_id"]
-        plumbing.init_checkpoint = donor["path"]
+        plumbing.init_checkpoint = _donor_checkpoint(trial_id, donor)
         kwargs.update(cfg=TrainConfig.from_dict({**base, **chosen}), data_dir=data_dir)
     elif earlier:  # a resumed sweep: continue this trial's own run from its checkpoint
         kwargs.update(resume=earlier[0].info.run_id)
@@ -546,9 +557,9 @@ def _close_trial_run(client: MlflowClient, run_id: str, *, finished: bool, stora
         client.set_tag(run_id, run_tags.EARLY_STOPPED, "true")
         client.set_terminated(run_id, status="KILLED")
         return
-    saved = checkpoints.run_checkpoints(storage_path, run_id)
+    saved, _ = checkpoints.newest_loadable(storage_path, run_id)
     if saved:
-        payload = checkpoints.load(saved[-1])
+        payload = checkpoints.load(saved)
         tracking.log_generator_model(run_id, payload)
         client.set_tag(run_id, run_tags.COMPLETED_STEPS, str(payload["step"]))
     client.set_terminated(run_id, status="FINISHED")
@@ -618,10 +629,11 @@ def _register(client: MlflowClient, run_id: str, name: str, alias: str, storage_
     if not any(m.name == tracking.MODEL_NAME for m in client.search_logged_models(
             experiment_ids=[client.get_run(run_id).info.experiment_id],
             filter_string=f"source_run_id = '{run_id}'")):
-        saved = checkpoints.run_checkpoints(storage_path, run_id)
+        saved, unreadable = checkpoints.newest_loadable(storage_path, run_id)
         if not saved:
-            raise TrainingFailed(f"best trial {run_id} has no checkpoint to register")
-        tracking.log_generator_model(run_id, checkpoints.load(saved[-1]))
+            why = f": {unreadable[0][1]}" if unreadable else ""
+            raise TrainingFailed(f"best trial {run_id} has no checkpoint that loads to register{why}")
+        tracking.log_generator_model(run_id, checkpoints.load(saved))
     version = mlflow.register_model(f"runs:/{run_id}/{tracking.MODEL_NAME}", name)
     client.set_registered_model_alias(name, alias, version.version)
     return version.version

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.train import train
+from pipelines.tune import _donor_checkpoint
 from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
@@ -73,7 +74,8 @@ def _trained_run(tiny_dataset: str, storage: Path) -> str:
     return train(cfg, tiny_dataset, run=settings, experiment="faults", progress=False).run_id
 
 
-def test_resume_goes_on_from_the_newest_checkpoint_that_loads(tiny_dataset, ray_session, mlflow_store, tmp_path):
+def test_resume_goes_on_from_the_newest_checkpoint_that_loads(tiny_dataset, ray_session, mlflow_store, tmp_path,
+                                                              capsys):
     storage = tmp_path / "ckpts"
     run_id = _trained_run(tiny_dataset, storage)
     run_dir = storage / f"wganctl-{run_id}"
@@ -82,6 +84,11 @@ def test_resume_goes_on_from_the_newest_checkpoint_that_loads(tiny_dataset, ray_
     # a kill between the copy's two files: a whole checkpoint.pt (of step 8) that torch would load
     (run_dir / "checkpoint_0000012").mkdir()
     shutil.copyfile(run_dir / "checkpoint_0000004" / ckpt.FILENAME, run_dir / "checkpoint_0000012" / ckpt.FILENAME)
+
+    # PBT's exploit of this run's step-12 checkpoint would go on from the newest earlier one that loads
+    donor = {"path": str(run_dir / "checkpoint_0000012"), "run_id": run_id}
+    assert _donor_checkpoint("trial_1", donor) == str(run_dir / "checkpoint_0000004")
+    assert "donor run" in capsys.readouterr().out
 
     resumed = CliRunner().invoke(app, ["train", "--resume", run_id, "--steps", "12", "--storage-path", str(storage)])
     assert resumed.exit_code == 0, resumed.output

@@ -19,6 +19,7 @@ from pipelines.classifier import features_and_logits, load_classifier, train_cla
 from pipelines.cli import app
 from pipelines.evaluate import draw_samples, evaluate
 from pipelines.tracking import ui_url
+from tests.cli_output import assert_one_line_error
 from wgan.data.rows import read_rows
 from pipelines.train import train
 from wgan.config import RunSettings, TrainConfig
@@ -99,6 +100,14 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
         evaluate(classifier_run, n=N)
     bad = CliRunner().invoke(app, ["evaluate", run_id, "--metrics", "fid,sharpness"])
     assert bad.exit_code == 2 and "unknown metric(s) sharpness" in bad.output
+
+    # a checkpoint named by step that does not load is refused in one line (issue 33)
+    saved = (Path(client.get_run(run_id).data.tags["ray.storage_path"]) / f"wganctl-{run_id}" / "checkpoint_0000002"
+             / "checkpoint.pt")
+    saved.write_bytes(saved.read_bytes()[:300])
+    cut = CliRunner().invoke(app, ["evaluate", run_id, "--checkpoint", "2", "--classifier", classifier_run])
+    assert_one_line_error(cut, "checkpoint at step 2 cannot be used", "is incomplete: 300 of",
+                          "give another step it checkpointed (2, 4)")
 
 
 def test_classifier_refuses_a_missing_test_split(tiny_dataset, mlflow_store):

@@ -52,15 +52,30 @@ def load(where: str) -> dict[str, Any]:
     """The payload of the checkpoint at ``where`` (a local directory or URI), read without unpickling."""
     filesystem, path = datafs.resolve(where)
     with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as directory:
-        return ckpt.load(directory)
+        try:
+            return ckpt.load(directory)
+        except UserError as err:  # named by where it is stored, not by the download's temporary copy
+            raise UserError(str(err).replace(str(directory).rstrip("/"), where.rstrip("/"))) from None
 
 
 def newest_loadable(storage_path: str, run_id: str) -> tuple[str | None, list[tuple[str, str]]]:
     """The run's newest checkpoint that loads (None if none does), and the newer ones that do not,
     newest first, each as (directory name, why): truncated, corrupt, or a directory a kill left
     without its file."""
+    return _first_loadable(reversed(run_checkpoints(storage_path, run_id)))
+
+
+def loadable_at_or_before(where: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """``where`` if it loads, else the newest of its run's earlier checkpoints that does (PBT's
+    exploit of a donor checkpoint that a fault left unreadable); as `newest_loadable`."""
+    earlier = [other for other in datafs.subdirectories(datafs.parent(where), DIR_PREFIX)
+               if datafs.name(other) <= datafs.name(where)]
+    return _first_loadable(reversed(earlier))
+
+
+def _first_loadable(candidates) -> tuple[str | None, list[tuple[str, str]]]:
     skipped = []
-    for where in reversed(run_checkpoints(storage_path, run_id)):
+    for where in candidates:
         try:
             load(where)
             return where, skipped
