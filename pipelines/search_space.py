@@ -6,16 +6,17 @@ YAML form, one entry per `TrainConfig` knob (the keys of `wganctl train --config
     n_critic: {choice: [1, 2, 5, 10]}
     loss: {choice: [wgan, wgan-gp]}
     lambda_gp: {loguniform: [1, 100]}    # drawn only for wgan-gp trials
+    gp_every: {choice: [1, 4, 16]}       # drawn only for wgan-gp trials
     clip: {uniform: [0.005, 0.05]}       # drawn only for wgan trials
     width: 32                            # a constant
     arch: {choice: [dcgan, resnet]}
     augment: {choice: [none, diffaug, "diffaug:translation,cutout"]}
 
-The categorical knobs (CATEGORICAL: loss, arch, critic_norm, conditioning, lr_decay, augment)
+The categorical knobs (CATEGORICAL: loss, arch, critic_norm, conditioning, lr_decay, augment, gp_every)
 take a constant or a choice / grid of their valid values; anything else is refused before the
 sweep starts, naming the key and the valid values.
 
-Knobs that belong to one loss (lambda_gp to wgan-gp, clip to wgan) are drawn
+Knobs that belong to one loss (lambda_gp and gp_every to wgan-gp, clip to wgan) are drawn
 only for trials of that loss, so a trial's parameters never show a knob that
 did nothing.
 """
@@ -45,12 +46,14 @@ DEFAULT_SPACE: dict[str, Any] = {
     "n_critic": {"choice": [1, 2, 5, 10]},
     "lr": {"loguniform": [1e-5, 1e-3]},
 }
-LOSS_ONLY = {"lambda_gp": "wgan-gp", "clip": "wgan"}
+LOSS_ONLY = {"lambda_gp": "wgan-gp", "gp_every": "wgan-gp", "clip": "wgan"}
 # Knobs that name one of a few things: swept only by choice or grid, over valid values (None: the
 # loss's default, where the knob has one). augment's values are policies, checked by augment_policy.
 CATEGORICAL: dict[str, tuple[str, ...]] = {"loss": LOSSES, "arch": ARCHS, "critic_norm": CRITIC_NORMS + (None,),
                                            "conditioning": CONDITIONINGS, "lr_decay": LR_DECAYS,
-                                           "augment": ("none", "diffaug", "diffaug:OPS")}
+                                           "augment": ("none", "diffaug", "diffaug:OPS"),
+                                           # the lazy penalty's interval (StyleGAN2 used 16 for R1)
+                                           "gp_every": (1, 2, 4, 8, 16)}
 
 
 @dataclass

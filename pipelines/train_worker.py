@@ -171,6 +171,7 @@ class _State:
     fixed_z: torch.Tensor
     start: int = 0
     payload: dict | None = None  # the restored checkpoint's, if any
+    step: TrainStep | None = None  # the step being trained: its critic-update clock (--gp-every) is checkpointed
 
 
 def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
@@ -281,7 +282,8 @@ class _RankZero:
         with tempfile.TemporaryDirectory() as directory:
             ckpt.save(directory, step=step, cfg=self.cfg, generator=unwrap(s.generator), critic=unwrap(s.critic),
                       g_optimizer=s.g_opt, d_optimizer=s.d_opt, fixed_z=s.fixed_z, mlflow_run_id=self.run_id,
-                      generator_ema=self.ema, g_scheduler=s.schedulers[0], d_scheduler=s.schedulers[1])
+                      generator_ema=self.ema, g_scheduler=s.schedulers[0], d_scheduler=s.schedulers[1],
+                      critic_updates=s.step.critic_updates)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=checkpoints.dir_name(step))
 
@@ -344,6 +346,9 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
     state.critic = ray.train.torch.prepare_model(state.critic)
     step_fn = TrainStep(cfg, state.generator, state.critic, state.g_opt, state.d_opt,
                         precision_mode=settings.precision, schedulers=state.schedulers)
+    if state.payload is not None:  # the lazy penalty's clock goes on where the checkpoint left it
+        step_fn.critic_updates = ckpt.critic_updates_of(state.payload)
+    state.step = step_fn
     duties.started(step_fn.precision, world)
     data = real_batches(cfg, device, in_memory=config.get("in_memory"))
     pending: list[tuple[int, dict[str, torch.Tensor], float]] = []

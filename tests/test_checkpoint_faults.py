@@ -108,6 +108,8 @@ def test_resume_goes_on_from_the_newest_checkpoint_that_loads(tiny_dataset, ray_
     assert ckpt.load(run_dir / "checkpoint_0000008")["step"] == 8
     assert (run_dir / "unreadable-checkpoint_0000012" / ckpt.FILENAME).is_file()
     assert ckpt.load(run_dir / "checkpoint_0000012")["step"] == 12
+    # the critic-update clock (--gp-every) went on from the checkpoint resumed from: 12 updates at n_critic 1
+    assert ckpt.load(run_dir / "checkpoint_0000012")["critic_updates"] == 12
 
 
 def test_resume_past_a_directory_a_kill_left_empty_a_failed_resume_and_refusal_when_nothing_loads(

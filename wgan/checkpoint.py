@@ -48,7 +48,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator: nn.Module,
          critic: nn.Module, g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer,
          fixed_z: torch.Tensor, mlflow_run_id: str | None, generator_ema: nn.Module | None = None,
-         g_scheduler: LRScheduler | None = None, d_scheduler: LRScheduler | None = None) -> Path:
+         g_scheduler: LRScheduler | None = None, d_scheduler: LRScheduler | None = None,
+         critic_updates: int | None = None) -> Path:
     path = Path(directory) / FILENAME
     payload = {
         "format_version": FORMAT_VERSION,
@@ -66,6 +67,8 @@ def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator
         # LambdaLR state_dicts (last_epoch = generator steps taken, base_lrs); None in older checkpoints.
         "g_scheduler": None if g_scheduler is None else g_scheduler.state_dict(),
         "d_scheduler": None if d_scheduler is None else d_scheduler.state_dict(),
+        # critic updates taken: the clock of --gp-every (`critic_updates_of` for older checkpoints)
+        "critic_updates": step * cfg.n_critic if critic_updates is None else critic_updates,
     }
     tmp = path.with_suffix(".pt.tmp")
     try:
@@ -143,6 +146,14 @@ def restore_schedulers(payload: dict[str, Any], g_scheduler: LRScheduler, d_sche
         scheduler.base_lrs = [lr] * len(scheduler.optimizer.param_groups)
         for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas):
             group["initial_lr"], group["lr"] = lr, lr * factor(scheduler.last_epoch)
+
+
+def critic_updates_of(payload: dict[str, Any]) -> int:
+    """The critic updates a checkpoint's run had taken (its --gp-every clock); a checkpoint from
+    before it was saved had taken n_critic per generator step."""
+    if payload.get("critic_updates") is not None:
+        return int(payload["critic_updates"])
+    return int(payload["step"]) * int(payload["config"].get("n_critic") or 1)
 
 
 def sampling_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -146,6 +146,12 @@ class TrainConfig:
                                                   "Miyato et al. 2018's code: (0, 0.9)",
                                              shown_default=_per_loss("betas"))
     lambda_gp: float = knob(10.0, "gradient penalty weight (wgan-gp)", cite="Gulrajani et al. 2017, Algorithm 1")
+    # Lazy regularisation is Karras et al. 2020 ("Analyzing and Improving the Image Quality of
+    # StyleGAN", sec. 3.1: R1 every 16 minibatches, weighted by the interval); applying it to the
+    # WGAN-GP penalty is our use of their idea. K = 1 is the WGAN-GP paper's algorithm exactly.
+    gp_every: int = knob(1, "take the gradient penalty on every K-th critic update only, weighted lambda * K so its "
+                            "expected gradient is unchanged (wgan-gp; 1: every update, as the paper)",
+                         cite="Karras et al. 2020, sec. 3.1 (lazy regularisation); 1: Gulrajani et al. 2017")
     clip: float = knob(0.01, "critic weight clip c (wgan)", cite="Arjovsky et al. 2017, Algorithm 1")
     critic_norm: str | None = knob(None, f"critic normalisation: {', '.join(CRITIC_NORMS)} (batch refused with "
                                          f"wgan-gp; spectral: every critic layer, and no weight clipping with wgan)",
@@ -217,6 +223,10 @@ class TrainConfig:
         checks = [
             (0 <= self.lambda_gp < math.inf, f"--lambda-gp must be >= 0 and finite, got {self.lambda_gp}"),
             (0 < self.clip < math.inf, f"--clip must be > 0 and finite, got {self.clip}"),
+            (self.gp_every >= 1, f"--gp-every must be >= 1, got {self.gp_every}"),
+            (self.gp_every == 1 or self.loss == "wgan-gp",
+             f"--gp-every {self.gp_every} spaces out the gradient penalty, which only --loss wgan-gp takes: "
+             f"drop it, or use --loss wgan-gp"),
             (self.n_critic is not None and self.n_critic >= 1,
              f"--n-critic must be >= 1, got {self.n_critic}"),
             (self.lr is not None and 0 < self.lr < math.inf, f"--lr must be > 0 and finite, got {self.lr}"),

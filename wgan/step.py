@@ -15,7 +15,10 @@ The step works on plain modules or on DistributedDataParallel-wrapped ones:
 * with ``--augment diffaug`` every image the critic sees, real or fake, in both updates, is
   augmented first (`wgan.diffaugment`; the penalty's interpolates lie between the augmented
   batches, see there why);
-* the learning-rate schedulers (`build_schedulers`) step once per generator step.
+* the learning-rate schedulers (`build_schedulers`) step once per generator step;
+* with ``--gp-every K`` (wgan-gp) the penalty, its interpolates' forward and its double
+  backward are taken on every K-th critic update only, weighted lambda * K (`TrainStep.critic_updates`
+  counts the updates, every rank alike, and is checkpointed).
 
 Statistics are returned as detached tensors: nothing here calls ``.item()``,
 so the host synchronises only where the caller chooses to (logging intervals).
@@ -97,6 +100,10 @@ class TrainStep:
         # fp16 only: dynamic loss scaling, one scaler per optimizer; pass-throughs otherwise.
         self.d_scaler = precision.grad_scaler(self.precision, device)
         self.g_scaler = precision.grad_scaler(self.precision, device)
+        # Critic updates taken so far: the lazy penalty's clock. It advances identically on every
+        # DDP rank (each takes the same updates), and a restore sets it from the checkpoint.
+        self.critic_updates = 0
+        self._last_penalty: torch.Tensor | None = None  # reported on the updates that skip it
 
     @staticmethod
     def _loss_scale(scaler: torch.amp.GradScaler, like: torch.Tensor) -> torch.Tensor | None:
@@ -145,7 +152,8 @@ class TrainStep:
             with self._autocast():
                 scores, logits = scores_and_logits(self.critic(seen, both))
             real_scores, fake_scores = scores.split(n)
-            if loss == "wgan-gp":
+            lazy_now = loss == "wgan-gp" and self.critic_updates % cfg.gp_every == 0
+            if lazy_now:
                 # The interpolates get a forward of their own, through the unwrapped critic:
                 # the penalty's gradient (create_graph) and its double backward then run over
                 # n samples, not over all 3n of a joint batch (measured: a joint forward made
@@ -158,7 +166,9 @@ class TrainStep:
                     hat_scores, _ = scores_and_logits(unwrap(self.critic)(x_hat, labels))
                 # x_hat is fp32, so its gradient (and the norm in the penalty) is fp32 too.
                 penalty = losses.gradient_penalty(hat_scores, x_hat, self._loss_scale(self.d_scaler, real))
-            total = losses.critic_loss(loss, real_scores, fake_scores) + cfg.lambda_gp * penalty
+                self._last_penalty = penalty.detach()
+            # lambda * K on the updates that take it: the same expected penalty gradient (K = 1: the paper's)
+            total = losses.critic_loss(loss, real_scores, fake_scores) + cfg.lambda_gp * cfg.gp_every * penalty
             if logits is not None:  # the auxiliary classifier learns from real images only
                 class_cost = losses.class_loss(logits[:n], labels)
                 total = total + losses.AUX_CRITIC_WEIGHT * class_cost
@@ -166,6 +176,7 @@ class TrainStep:
             total = total.detach()
         self.d_scaler.step(self.d_optimizer)  # skipped by fp16's scaler when a gradient overflowed
         self.d_scaler.update()
+        self.critic_updates += 1
         if self.clip:
             losses.clip_weights(unwrap(self.critic), cfg.clip)
         stats = {} if self.cfg.conditioning != "aux" or labels is None else {"loss/critic_class": class_cost.detach()}
@@ -175,7 +186,8 @@ class TrainStep:
             **stats,
             "loss/critic": total,
             "wasserstein_estimate": losses.wasserstein_estimate(real_scores.detach(), fake_scores.detach()),
-            "gradient_penalty": penalty.detach(),
+            # the latest penalty taken (with --gp-every, the updates between report the last one)
+            "gradient_penalty": penalty.detach() if self._last_penalty is None else self._last_penalty,
         }
 
     def generator_update(self, n: int, device: torch.device) -> dict[str, torch.Tensor]:
