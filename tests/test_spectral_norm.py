@@ -76,3 +76,12 @@ def test_a_spectrally_normalised_critic_checkpoints_and_loads(tmp_path):
     x, y = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 3, 5, 9])
     with torch.no_grad():  # eval: the saved power-iteration vectors, no new iteration
         assert torch.equal(fresh.eval()(x, y), D.eval()(x, y))
+
+
+def test_a_spectral_wgan_critic_takes_the_wgan_gp_papers_adam_not_rmsprop():
+    cfg = TrainConfig(loss="wgan", critic_norm="spectral", image_size=28, channels=1).resolved()
+    assert (cfg.optimizer, cfg.lr, cfg.betas, cfg.n_critic) == ("adam", 1e-4, (0.0, 0.9), 5)
+    generator, critic = build_generator(cfg), build_critic(cfg)
+    assert all(isinstance(o, torch.optim.Adam) for o in build_optimizers(cfg, generator, critic))
+    clipped = TrainConfig(loss="wgan", image_size=28, channels=1).resolved()  # the clipped critic keeps RMSProp
+    assert (clipped.optimizer, clipped.lr) == ("rmsprop", 5e-5)

@@ -94,6 +94,19 @@ LOSS_DEFAULTS: dict[str, LossDefaults] = {
     # n_dis 5, every critic layer spectrally normalised.
     "hinge": LossDefaults("adam", 2e-4, (0.0, 0.9), 5, "spectral"),
 }
+# --loss wgan --critic-norm spectral: a Wasserstein critic bounded by spectral normalisation alone
+# (no clipping, no penalty) trains with the WGAN-GP paper's Adam (Gulrajani et al. 2017,
+# Algorithm 1: alpha 1e-4, beta1 0, beta2 0.9, n_critic 5). Arjovsky et al. chose RMSProp
+# because momentum made their *clipped* critic unstable; without clipping that reason is gone,
+# and spectrally normalised critics are trained with Adam (Miyato et al. 2018).
+SPECTRAL_WGAN_DEFAULTS = LossDefaults("adam", 1e-4, (0.0, 0.9), 5, "spectral")
+
+
+def loss_defaults(loss: str, critic_norm: str | None) -> LossDefaults:
+    """The papers' settings for ``loss``, with a spectrally normalised WGAN critic's (Adam) above."""
+    if loss == "wgan" and critic_norm == "spectral":
+        return SPECTRAL_WGAN_DEFAULTS
+    return LOSS_DEFAULTS[loss]
 
 
 def _per_loss(name: str) -> str:
@@ -104,8 +117,11 @@ def _per_loss(name: str) -> str:
         if isinstance(value, float) and 0 < abs(value) < 1e-3:
             return f"{value:.0e}".replace("e-0", "e-")
         return str(value)
-    return ", ".join(f"{loss} {text(getattr(d, name))}" for loss, d in LOSS_DEFAULTS.items()
-                     if name != "betas" or d.optimizer == "adam")
+    shown = ", ".join(f"{loss} {text(getattr(d, name))}" for loss, d in LOSS_DEFAULTS.items()
+                      if name != "betas" or d.optimizer == "adam")
+    if name in ("lr", "betas"):  # a spectrally normalised WGAN critic takes Adam (SPECTRAL_WGAN_DEFAULTS)
+        shown += f", wgan with --critic-norm spectral {text(getattr(SPECTRAL_WGAN_DEFAULTS, name))}"
+    return shown
 
 
 @dataclass
@@ -182,7 +198,7 @@ class TrainConfig:
         """Return a copy with every per-loss default filled in and all values checked."""
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
-        d = LOSS_DEFAULTS[self.loss]
+        d = loss_defaults(self.loss, self.critic_norm)
         cfg = dataclasses.replace(
             self,
             lr=d.lr if self.lr is None else self.lr,
@@ -196,7 +212,7 @@ class TrainConfig:
 
     @property
     def optimizer(self) -> str:
-        return LOSS_DEFAULTS[self.loss].optimizer
+        return loss_defaults(self.loss, self.critic_norm).optimizer
 
     def validate(self) -> None:
         if self.image_size is None or self.channels is None:
