@@ -183,7 +183,8 @@ def test_resume_continues_the_same_mlflow_run_and_step_count_on_another_shape(ti
     assert [(m.step, m.value) for m in client.get_metric_history(first.run_id, "ddp/weight_spread")] == [(4, 0.0)]
     # the schedule went on from where the checkpoint left it: 2 steps of a 2-step run, then over 4 steps
     lrs = [m.value for m in sorted(client.get_metric_history(first.run_id, "train/lr"), key=lambda m: m.step)]
-    assert lrs == pytest.approx([5e-5, 5e-5 * (1 - 1 / 2), 5e-5 * (1 - 2 / 4), 5e-5 * (1 - 3 / 4)])
+    lr = 1e-4  # a spectral-norm wgan critic takes the WGAN-GP paper's Adam (wgan.config.SPECTRAL_WGAN_DEFAULTS)
+    assert lrs == pytest.approx([lr, lr * (1 - 1 / 2), lr * (1 - 2 / 4), lr * (1 - 3 / 4)])
     assert logged_run_settings(first.run_id).workers == 2  # what a next --resume starts from
 
     # Conditional: one grid row per class (10 Fashion-MNIST classes, 8 latents each), and
