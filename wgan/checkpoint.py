@@ -67,8 +67,8 @@ def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator
         # LambdaLR state_dicts (last_epoch = generator steps taken, base_lrs); None in older checkpoints.
         "g_scheduler": None if g_scheduler is None else g_scheduler.state_dict(),
         "d_scheduler": None if d_scheduler is None else d_scheduler.state_dict(),
-        # critic updates taken: the clock of --gp-every (`critic_updates_of` for older checkpoints)
-        "critic_updates": step * cfg.n_critic if critic_updates is None else critic_updates,
+        # critic updates taken: the clock of --gp-every (None: `critic_updates_of` derives it)
+        "critic_updates": critic_updates,
     }
     tmp = path.with_suffix(".pt.tmp")
     try:
@@ -149,8 +149,8 @@ def restore_schedulers(payload: dict[str, Any], g_scheduler: LRScheduler, d_sche
 
 
 def critic_updates_of(payload: dict[str, Any]) -> int:
-    """The critic updates a checkpoint's run had taken (its --gp-every clock); a checkpoint from
-    before it was saved had taken n_critic per generator step."""
+    """The critic updates a checkpoint's run had taken (its --gp-every clock); a checkpoint that
+    does not record it (older ones, callers without a clock) had taken n_critic per generator step."""
     if payload.get("critic_updates") is not None:
         return int(payload["critic_updates"])
     return int(payload["step"]) * int(payload["config"].get("n_critic") or 1)
