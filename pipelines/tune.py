@@ -152,8 +152,8 @@ def _report_to_tune(item: dict[str, Any]) -> None:
     from ray import tune
 
     path = item.pop("checkpoint_path", None)
-    # Tune's live table shows a trial's first four metrics: step, objective, W estimate, penalty.
-    first = ("step", objective.METRIC, "wasserstein_estimate", "gradient_penalty")
+    # Tune's live table shows a trial's first four metrics: step, objective, critic gap, penalty.
+    first = ("step", objective.METRIC, "wasserstein_estimate", "critic_gap", "gradient_penalty")
     item = {**{k: item[k] for k in first if k in item}, **item}
     if path is None:
         tune.report(item)

@@ -69,7 +69,8 @@ def test_a_checkpoint_cut_short_or_changed_never_loads(tmp_path):
 
 
 def _trained_run(tiny_dataset: str, storage: Path) -> str:
-    cfg = TrainConfig(loss="wgan-gp", steps=8, width=8, z_dim=16, batch=16, n_critic=1)
+    # --gp-every 3 puts the checkpoints of steps 4 and 8 mid-cycle of the lazy penalty's clock
+    cfg = TrainConfig(loss="wgan-gp", steps=8, width=8, z_dim=16, batch=16, n_critic=1, gp_every=3)
     settings = RunSettings(log_every=4, sample_every=4, checkpoint_every=4, storage_path=str(storage))
     return train(cfg, tiny_dataset, run=settings, experiment="faults", progress=False).run_id
 
@@ -108,7 +109,8 @@ def test_resume_goes_on_from_the_newest_checkpoint_that_loads(tiny_dataset, ray_
     assert ckpt.load(run_dir / "checkpoint_0000008")["step"] == 8
     assert (run_dir / "unreadable-checkpoint_0000012" / ckpt.FILENAME).is_file()
     assert ckpt.load(run_dir / "checkpoint_0000012")["step"] == 12
-    # the critic-update clock (--gp-every) went on from the checkpoint resumed from: 12 updates at n_critic 1
+    # the critic-update clock (--gp-every) went on from the checkpoint resumed from, mid-cycle at update 4:
+    # 12 updates at n_critic 1 (a clock restarted at 0 would say 8, and take the penalty on other updates)
     assert ckpt.load(run_dir / "checkpoint_0000012")["critic_updates"] == 12
 
 

@@ -25,7 +25,8 @@ from pipelines.cluster.progress import StageProgress, train_stats
 from wgan.config import RunSettings, TrainConfig
 from wgan.data.manifest import manifest_sha256
 from wgan.images import to_uint8
-from wgan.networks import build_generator
+from wgan.networks import build_critic, build_generator
+from wgan.step import TrainStep, build_optimizers
 
 VIEW = "?workflowType=machine_learning"
 
@@ -128,6 +129,18 @@ def test_off_a_terminal_progress_is_a_plain_line_every_tenth_of_the_run_and_at_i
     assert [int(line.split()[2].split("/")[0]) for line in lines] == list(range(10, 101, 10))
     assert lines[4] == "train: step 50/100 (50%)  W +0.500  D -0.250  G +1.000  640 img/s  ETA 0:00:50"
     assert lines[-1].endswith("(100%)  W +0.500  D -0.250  G +1.000  640 img/s  ETA 0:00:00")
+
+
+@pytest.mark.parametrize("loss, label", [("wgan-gp", "W "), ("wgan", "W "), ("hinge", "D(real)-D(fake) "),
+                                         ("gan", "D(real)-D(fake) ")])
+def test_the_critic_gap_is_labelled_w_only_under_a_wasserstein_loss(loss, label):
+    """The step names the gap by the loss (`wgan.losses.gap_metric`), and the progress line labels it so."""
+    cfg = TrainConfig(loss=loss, image_size=28, channels=1, width=4, z_dim=8, batch=4, n_critic=1).resolved()
+    generator, critic = build_generator(cfg), build_critic(cfg)
+    step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic), precision_mode="fp32")
+    stats = {k: v.item() for k, v in step([(torch.rand(4, 1, 28, 28) * 2 - 1, None)]).items()}
+    assert ("wasserstein_estimate" in stats) == (loss in ("wgan", "wgan-gp")) != ("critic_gap" in stats)
+    assert train_stats(stats).startswith(label)
 
 
 def test_off_a_terminal_a_slow_run_gets_a_line_every_30_s():

@@ -45,12 +45,16 @@ def _lockstep_loop(config: dict) -> None:
     torch.manual_seed(100 + rank)  # different latents per rank, as in the real loop
     G, D = ray.train.torch.prepare_model(G), ray.train.torch.prepare_model(D)
     step = TrainStep(cfg, G, D, g_opt, d_opt)
+    forwards: list[int] = []  # the critic's forwards in a step, by batch size: a penalty adds one
+    unwrap(D).register_forward_hook(lambda module, args, out: forwards.append(args[0].shape[0]))
     data = real_batches(cfg, torch.device("cpu"), in_memory=config["in_memory"])
     records = []
     for i in range(cfg.steps):
         batches = [next(data) for _ in range(cfg.n_critic)]
+        forwards.clear()
         step(iter(batches))
-        records.append({"step": i + 1, "first_image_sum": batches[0][0].sum().item(),
+        records.append({"step": i + 1, "first_image_sum": batches[0][0].sum().item(), "forwards": list(forwards),
+                        "critic_updates": step.critic_updates,
                         "generator": _digest(unwrap(G)), "critic": _digest(unwrap(D))})
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps(records))
     ray.train.report({"done": 1})
@@ -61,8 +65,9 @@ def test_two_workers_hold_identical_weights_after_every_step(in_memory, tiny_dat
     """Both data paths: streamed from Ray Data (large datasets), and each worker's shard held whole (small)."""
     manifest = load_manifest(tiny_dataset)
     # DiffAugment on: each worker draws its own augmentations of its own shard, and the averaged
-    # gradients must still keep the replicas equal.
-    cfg = TrainConfig(loss="wgan-gp", steps=3, width=8, z_dim=16, batch=32, augment="diffaug",
+    # gradients must still keep the replicas equal. The lazy penalty (--gp-every 4) too: every
+    # worker takes it on the same critic updates, 0, 4, 8 and 12 of the 15 (3 steps of n_critic 5).
+    cfg = TrainConfig(loss="wgan-gp", steps=3, width=8, z_dim=16, batch=32, augment="diffaug", gp_every=4,
                       image_size=28, channels=1).resolved()
     held = ray.put(training_dataset(tiny_dataset, manifest)) if in_memory else None  # the small-data path
     trainer = TorchTrainer(
@@ -80,4 +85,8 @@ def test_two_workers_hold_identical_weights_after_every_step(in_memory, tiny_dat
         assert a["first_image_sum"] != b["first_image_sum"]  # each worker trains on its own data
         assert a["generator"] == b["generator"], f"generators differ after step {a['step']}"
         assert a["critic"] == b["critic"], f"critics differ after step {a['step']}"
+        assert a["forwards"] == b["forwards"], f"the ranks took the penalty on different updates at step {a['step']}"
+    # 5 joint forwards and the generator update's a step, and the penalty's on updates 0 and 4 | 8 | 12
+    assert [len(r["forwards"]) for r in rank0] == [8, 7, 7]
+    assert [r["critic_updates"] for r in rank0] == [5, 10, 15]
     assert rank0[0]["critic"] != rank0[-1]["critic"]  # and the weights did move

@@ -138,7 +138,9 @@ def test_resnet_hinge_spectral_norm_diffaugment_and_lr_decay_train_and_log_loada
         critic.load_state_dict(payload["critic"])  # the spectrally normalised critic, as resume loads it
         assert any(".parametrizations.weight.original" in key for key in payload["critic"]), name
         lrs = [m.value for m in sorted(client.get_metric_history(result.run_id, "train/lr"), key=lambda m: m.step)]
-        assert "wasserstein_estimate" in client.get_run(result.run_id).data.metrics, name
+        # the critic gap is a W1 estimate under wgan-gp only; under hinge it is logged as what it is
+        gap = {"resnet": "wasserstein_estimate", "hinge": "critic_gap"}[name]
+        assert {"wasserstein_estimate", "critic_gap"} & set(client.get_run(result.run_id).data.metrics) == {gap}, name
         if name == "resnet":
             assert (params["arch"], params["critic_norm"], params["augment"], params["lr_decay"]) == (
                 "resnet", "spectral", "diffaug", "linear")

@@ -10,6 +10,16 @@ import torch
 import torch.nn.functional as F
 
 
+# The losses whose critic gap E[D(real)] - E[D(fake)] estimates W1 (Arjovsky et al. 2017, Eq. 3).
+# Under gan or hinge the same gap is only how far apart the critic puts the two batches.
+WASSERSTEIN_LOSSES = frozenset({"wgan", "wgan-gp"})
+
+
+def gap_metric(loss: str) -> str:
+    """The name the critic gap is logged under: `wasserstein_estimate` only for a Wasserstein loss."""
+    return "wasserstein_estimate" if loss in WASSERSTEIN_LOSSES else "critic_gap"
+
+
 def wasserstein_estimate(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
     """E[D(real)] - E[D(fake)]: the critic's estimate of W1 (Arjovsky et al. 2017, Eq. 3)."""
     return real_scores.mean() - fake_scores.mean()

@@ -185,7 +185,8 @@ class TrainStep:
         return {
             **stats,
             "loss/critic": total,
-            "wasserstein_estimate": losses.wasserstein_estimate(real_scores.detach(), fake_scores.detach()),
+            # E[D(real)] - E[D(fake)]: a W1 estimate under wgan and wgan-gp only (`losses.gap_metric`)
+            losses.gap_metric(loss): losses.wasserstein_estimate(real_scores.detach(), fake_scores.detach()),
             # the latest penalty taken (with --gp-every, the updates between report the last one)
             "gradient_penalty": penalty.detach() if self._last_penalty is None else self._last_penalty,
         }

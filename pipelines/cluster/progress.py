@@ -198,8 +198,16 @@ class QueueFeed:
 
 
 def train_stats(update: dict) -> str:
-    """Train's text after the step count: the critic's Wasserstein estimate, both losses, the rate."""
-    return (f"W {update.get('wasserstein_estimate', float('nan')):+.3f}  "
+    """Train's text after the step count: the critic gap, both losses, the rate.
+
+    The gap is labelled `W` only when it estimates W1 (wgan, wgan-gp); under gan or hinge the
+    step reports it as `critic_gap`, and the line says what it is: D(real)-D(fake).
+    """
+    if "critic_gap" in update:
+        gap = f"D(real)-D(fake) {update['critic_gap']:+.3f}"
+    else:
+        gap = f"W {update.get('wasserstein_estimate', float('nan')):+.3f}"
+    return (f"{gap}  "
             f"D {update.get('loss/critic', float('nan')):+.3f}  "
             f"G {update.get('loss/generator', float('nan')):+.3f}  "
             f"{update.get('throughput/images_per_s', 0):.0f} img/s")

@@ -29,7 +29,8 @@ from pipelines.tracking import run_tags
 MODEL_NAME = "generator"
 CONFIG_FILE = "config.json"  # the run's TrainConfig, whole
 RUN_SETTINGS_FILE = "run_settings.json"  # the RunSettings it last ran with
-METRICS = ("loss/critic", "loss/generator", "wasserstein_estimate", "gradient_penalty",
+# The critic gap is `wasserstein_estimate` under wgan/wgan-gp and `critic_gap` otherwise (`wgan.losses.gap_metric`).
+METRICS = ("loss/critic", "loss/generator", "wasserstein_estimate", "critic_gap", "gradient_penalty",
            "throughput/images_per_s")
 
 
@@ -303,10 +304,12 @@ def log_loss_curves(client: MlflowClient, run_id: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in METRICS if k != "throughput/images_per_s"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
-    for ax, key in zip(axes, keys):
-        hist = client.get_metric_history(run_id, key)
+    histories = {k: client.get_metric_history(run_id, k) for k in METRICS if k != "throughput/images_per_s"}
+    histories = {k: hist for k, hist in histories.items() if hist}  # one of the two gap names is absent
+    if not histories:
+        return
+    fig, axes = plt.subplots(1, len(histories), figsize=(4 * len(histories), 3.2), squeeze=False)
+    for ax, (key, hist) in zip(axes[0], histories.items()):
         hist.sort(key=lambda m: m.step)
         ax.plot([m.step for m in hist], [m.value for m in hist], lw=0.8)
         ax.set_title(key)
