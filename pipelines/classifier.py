@@ -197,3 +197,35 @@ def load_classifier(run_id: str) -> Classifier:
     model = Classifier(ClassifierSpec(**payload["spec"]))
     model.load_state_dict(payload["state_dict"])
     return model.eval()
+
+
+def find_classifier(client: MlflowClient | None, manifest: dict) -> str:
+    """The newest finished classifier run on the dataset, image size and channels of ``manifest``: the
+    rule of every stage that measures in the classifier's features (evaluate, train --eval-every)."""
+    dataset = str(manifest.get("dataset")).replace("'", "")
+    experiments = [e.experiment_id for e in client.search_experiments()] if tracking.store_exists() else []
+    found = experiments and client.search_runs(
+        experiments,
+        filter_string=(f"tags.`{run_tags.STAGE}` = '{STAGE}' and tags.`{run_tags.DATA_DATASET}` = '{dataset}' "
+                       f"and params.image_size = '{manifest['size']}' and params.channels = '{manifest['channels']}' "
+                       f"and attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not found:
+        raise UserError(f"no classifier for {dataset} at {manifest['size']} px in {tracking.tracking_uri()}: "
+                        f"train one with `wganctl train-classifier DIR` on a prepared {dataset} with train and test splits")
+    return found[0].info.run_id
+
+
+def matching_classifier(client: MlflowClient, classifier_run: str, manifest: dict, measured: str) -> Classifier:
+    """The classifier, refused unless it was trained on the dataset of ``manifest`` at its size, channels
+    and classes (``measured``: what would be measured in its features, for the message)."""
+    classifier = load_classifier(classifier_run)
+    spec, dataset = classifier.spec, manifest.get("dataset")
+    trained_on = client.get_run(classifier_run).data.tags.get(run_tags.DATA_DATASET)
+    if trained_on != dataset or (spec.image_size, spec.channels, spec.num_classes) != (
+            manifest["size"], manifest["channels"], len(manifest["class_names"] or [])):
+        raise UserError(f"classifier run {classifier_run} was trained on {trained_on} at {spec.image_size} px, "
+                        f"{spec.channels} channel(s), {spec.num_classes} classes; {measured} on {dataset} at "
+                        f"{manifest['size']} px, {manifest['channels']}, {len(manifest['class_names'] or [])}: "
+                        f"train a classifier on matching data with `wganctl train-classifier`")
+    return classifier

@@ -67,6 +67,8 @@ app = typer.Typer(
 
 
 ADDRESS_HELP = "Ray cluster address: host:port, auto or ray://host:10001 (default: RAY_ADDRESS, else a local Ray)"
+CHECKPOINT_HELP = ("the generator of the run's checkpoint at this step, or best (the one Ray Train ranked best by "
+                   "eval/fd: train --eval-every), not its logged final model")
 RUN_HELP = ("MLflow run id of a training run, or a registered version of its generator: models:/NAME@ALIAS "
             "(e.g. models:/NAME@champion after `tune --register NAME`) or models:/NAME/VERSION")
 
@@ -191,7 +193,7 @@ def train(
     """Train WGAN, WGAN-GP, a standard or a hinge GAN on Ray Train; every run is logged to MLflow."""
     if verbose:
         console.verbose()
-    from pipelines.train import TrainingFailed, train as run_train
+    from pipelines.train import TrainingFailed, fd_lines, train as run_train
 
     values = config_values(config, knob_values, TrainConfig, RunSettings)
     if resume:
@@ -206,6 +208,8 @@ def train(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"run {result.run_id}: {result.steps} steps; samples {result.final_grid}; model {result.model_uri}")
+    for line in fd_lines(result):
+        typer.echo(line)
     echo_ui_hint(result.run_id)
 
 
@@ -217,11 +221,12 @@ def sample(
     out: Path = typer.Option(Path("samples.png"), "--out", help="FILE.png (a grid) or FILE.npy (uint8 N x H x W x C)"),
     seed: int = typer.Option(0, "--seed", help="latent seed"),
     label: Optional[int] = typer.Option(None, "--class", help="class index to draw (a --conditional run; default: classes in turn)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
 ) -> None:
-    """Draw images from a run's logged generator."""
+    """Draw images from a run's logged generator (or one of its checkpoints')."""
     from pipelines.sample import sample as run_sample
 
-    typer.echo(str(run_sample(run_id, n, out, seed=seed, label=label)))
+    typer.echo(str(run_sample(run_id, n, out, seed=seed, label=label, checkpoint=checkpoint)))
 
 
 @app.command()
@@ -232,11 +237,12 @@ def interpolate(
     rows: int = typer.Option(8, "--rows", help="interpolation paths"),
     steps: int = typer.Option(10, "--steps", help="images per path"),
     seed: int = typer.Option(0, "--seed", help="latent seed"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
 ) -> None:
-    """A strip of spherical latent interpolations from a run's logged generator."""
+    """A strip of spherical latent interpolations from a run's logged generator (or one of its checkpoints')."""
     from pipelines.sample import interpolate as run_interpolate
 
-    typer.echo(str(run_interpolate(run_id, out, rows=rows, steps=steps, seed=seed)))
+    typer.echo(str(run_interpolate(run_id, out, rows=rows, steps=steps, seed=seed, checkpoint=checkpoint)))
 
 
 @app.command()
@@ -282,7 +288,7 @@ def quickstart(
     steps: int = typer.Option(None, "--steps", help="override the main job's generator steps"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
-    """The main job: prepare Fashion-MNIST offline, train its GAN on Ray Train, log it all to MLflow."""
+    """The main job: prepare Fashion-MNIST offline, train its WGAN on Ray Train measured as it goes, log it all to MLflow."""
     from pipelines.quickstart import quickstart as run_quickstart
 
     run_quickstart(steps=steps, progress=not quiet)
@@ -318,7 +324,7 @@ def evaluate(
     features: str = typer.Option("classifier", "--features", help="classifier (the project classifier, offline) or inception (InceptionV3, numbers comparable with papers)"),
     inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="local InceptionV3 weights for --features inception (torch-fidelity's weights-inception-2015-12-05-6726825d.pth)"),
     classifier: Optional[str] = typer.Option(None, "--classifier", help="classifier run id (default: newest on the same dataset)"),
-    checkpoint: Optional[int] = typer.Option(None, "--checkpoint", help="evaluate the run's checkpoint at this step, not its final model (logged at that step)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP + "; metrics logged at that step"),
     seed: int = typer.Option(0, "--seed", help="latent and subset seed"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per sampling/feature actor (default: when the cluster has GPUs)"),
@@ -344,11 +350,13 @@ def compare(
     run_ids: List[str] = typer.Argument(..., help="evaluated runs: MLflow run ids or models:/NAME@ALIAS, "
                                         "models:/NAME/VERSION (the registered version's run)"),
     out: Optional[Path] = typer.Option(None, "--out", help="FILE.png: the runs' eval grids side by side"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="each run's eval metrics at this step, or "
+                                             "at its best (train --eval-every), not its latest"),
 ) -> None:
     """Print a table of runs' eval metrics and, with --out, put their sample grids side by side."""
     from pipelines.evaluate import compare as run_compare
 
-    table, picture = run_compare(run_ids, out)
+    table, picture = run_compare(run_ids, out, checkpoint=checkpoint)
     typer.echo(table)
     if picture is not None:
         typer.echo(str(picture))

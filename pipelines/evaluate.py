@@ -32,7 +32,8 @@ from pipelines import tracking
 from pipelines.tracking import run_tags
 from pipelines.cluster.batch_inference import (checkpoint_generator, classifier_extractor, inception_extractor,
                                        latents, logged_generator, model_sampler, sample_and_embed)
-from pipelines.classifier import FEATURE_BATCH, STAGE as CLASSIFIER_STAGE, load_classifier
+from pipelines.classifier import FEATURE_BATCH, find_classifier, matching_classifier
+from pipelines.cluster import checkpoints
 from pipelines.cluster.reference import Reference, reference_features
 from pipelines.cluster.connect import check_placeable, init_ray, through_ray_client
 
@@ -54,7 +55,7 @@ class EvaluationResult:
 @through_ray_client
 def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = None,
              features: str = "classifier", classifier_run: str | None = None, seed: int = 0,
-             inception_weights: str | None = None, checkpoint: int | None = None, address: str | None = None,
+             inception_weights: str | None = None, checkpoint: int | str | None = None, address: str | None = None,
              gpu: bool | None = None, progress: bool = True) -> EvaluationResult:
     """Sample ``n`` images from run ``run_id``'s generator, compute ``metrics`` against its training data, log them.
 
@@ -65,7 +66,8 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     as the literature uses it, from the local ``inception_weights`` file). ``address``: the Ray
     cluster to sample and embed on (default RAY_ADDRESS, else a local Ray); ``gpu``: one GPU per
     sampling/embedding actor (default: when the cluster has GPUs); ``checkpoint``: evaluate the generator of the run's checkpoint at
-    that step instead of its logged model (metrics are logged at that step: a quality curve);
+    that step, or ``best`` (the one Ray Train ranked best by eval/fd, `train --eval-every`), instead of its
+    logged model (metrics are logged at that step: a quality curve);
     ``progress``: show the samples drawn and the reference features embedded (`pipelines.cluster.progress`)."""
     if features not in FEATURES:
         raise UserError(f"unknown feature extractor {features!r}: choose from {', '.join(FEATURES)}")
@@ -95,11 +97,11 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         key = f"inception-{_file_sha256(inception_weights)[:16]}"
         tags["eval.inception_weights"] = Path(inception_weights).name
     else:
-        classifier_run = classifier_run or find_classifier(client, run)
-        extractor = classifier_extractor(_matching_classifier(client, classifier_run, run, manifest))
+        classifier_run = classifier_run or find_classifier(client, manifest)
+        extractor = classifier_extractor(matching_classifier(client, classifier_run, manifest, f"run {run_id}"))
         key = f"classifier-{classifier_run}"
         tags["eval.classifier_run"] = classifier_run
-    saved = None if checkpoint is None else _checkpoint_payload(run, checkpoint)
+    saved = None if checkpoint is None else checkpoints.of_run(run, checkpoint)
     local = init_ray(address)
     if gpu is None:
         import ray
@@ -115,8 +117,9 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
                                      num_classes=int(run.data.params.get("num_classes", 0) or 0))
         step = int(run.data.tags.get(run_tags.COMPLETED_STEPS, "0"))
     else:
-        generator, step = checkpoint_generator(saved), checkpoint
-        tags["eval.checkpoint_step"] = str(checkpoint)
+        step, payload = saved
+        generator = checkpoint_generator(payload)
+        tags["eval.checkpoint_step"] = str(step)
     drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu, progress=progress)
     images, sample_features, sample_logits = drawn["image"], drawn["features"], drawn["logits"]
     prefix = "eval/inception/" if inception else "eval/"
@@ -183,25 +186,6 @@ def _csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _checkpoint_payload(run, step: int) -> dict:
-    """The run's Ray Train checkpoint at ``step`` (local or remote storage), loaded and verified
-    before Ray starts; refused in one line if it has none there, or the one there does not load."""
-    from pipelines.cluster import checkpoints
-
-    storage = run.data.tags.get(run_tags.STORAGE_PATH, "")
-    saved = checkpoints.run_checkpoints(storage, run.info.run_id) if storage else []
-    wanted = [where for where in saved if datafs.name(where) == checkpoints.dir_name(step)]
-    steps = ", ".join(str(int(datafs.name(where).removeprefix(checkpoints.DIR_PREFIX))) for where in saved)
-    if not wanted:
-        raise UserError(f"run {run.info.run_id} has no checkpoint at step {step} in {storage or 'its storage'}: "
-                        f"give a step it checkpointed ({steps or 'none are left'})")
-    try:
-        return checkpoints.load(wanted[0])
-    except UserError as err:
-        raise UserError(f"run {run.info.run_id}'s checkpoint at step {step} cannot be used: {err}: "
-                        f"give another step it checkpointed ({steps})") from err
-
-
 def _file_sha256(path: str) -> str:
     import hashlib
 
@@ -221,36 +205,6 @@ def _training_manifest(run, data_dir: str, labels_needed: bool = True) -> dict:
     if labels_needed and not manifest["class_names"]:
         raise UserError(f"{data_dir} has no class labels: classifier features need a labelled dataset")
     return manifest
-
-
-def find_classifier(client: MlflowClient, run) -> str:
-    """The newest finished classifier run on the same dataset, image size and channels as ``run``."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    dataset = run.data.tags.get(run_tags.DATA_DATASET, "").replace("'", "")
-    found = client.search_runs(
-        experiments,
-        filter_string=(f"tags.`{run_tags.STAGE}` = '{CLASSIFIER_STAGE}' and tags.`{run_tags.DATA_DATASET}` = '{dataset}' "
-                       f"and params.image_size = '{run.data.params['image_size']}' "
-                       f"and params.channels = '{run.data.params['channels']}' and attributes.status = 'FINISHED'"),
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if not found:
-        raise UserError(f"no classifier for {dataset} at {run.data.params['image_size']} px in {tracking.tracking_uri()}: "
-                        f"train one with `wganctl train-classifier DIR` on a prepared {dataset} with train and test splits")
-    return found[0].info.run_id
-
-
-def _matching_classifier(client: MlflowClient, classifier_run: str, run, manifest: dict) -> Classifier:
-    """The classifier, refused unless it was trained on the same dataset at the same size, channels and classes."""
-    classifier = load_classifier(classifier_run)
-    spec, dataset = classifier.spec, run.data.tags.get(run_tags.DATA_DATASET)
-    trained_on = client.get_run(classifier_run).data.tags.get(run_tags.DATA_DATASET)
-    if trained_on != dataset or (spec.image_size, spec.channels, spec.num_classes) != (
-            manifest["size"], manifest["channels"], len(manifest["class_names"])):
-        raise UserError(f"classifier run {classifier_run} was trained on {trained_on} at {spec.image_size} px, "
-                        f"{spec.channels} channel(s), {spec.num_classes} classes; run {run.info.run_id} on {dataset} at "
-                        f"{manifest['size']} px, {manifest['channels']}, {len(manifest['class_names'])}: "
-                        f"train a classifier on matching data with `wganctl train-classifier`")
-    return classifier
 
 
 def draw_samples(run_id: str, n: int, seed: int) -> np.ndarray:
@@ -309,9 +263,11 @@ def _class_histogram(coverage, class_names: list[str]):
     return fig
 
 
-def compare(run_ids: list[str], out: str | Path | None = None) -> tuple[str, Path | None]:
+def compare(run_ids: list[str], out: str | Path | None = None,
+            checkpoint: str | int | None = None) -> tuple[str, Path | None]:
     """A text table of the runs' latest eval metrics and, with ``out``, their eval grids side by side in one PNG.
-    Each of ``run_ids`` is a run id or a ``models:/`` URI (its version's source run)."""
+    Each of ``run_ids`` is a run id or a ``models:/`` URI (its version's source run). ``checkpoint``: each
+    run's eval metrics at that step, or at its ``best`` (`train --eval-every`), not its latest."""
     if not run_ids:
         raise UserError("give at least one run id")
     if out is not None and Path(out).suffix != ".png":
@@ -323,11 +279,24 @@ def compare(run_ids: list[str], out: str | Path | None = None) -> tuple[str, Pat
             raise UserError(f"run {run.info.run_id} has no evaluation: run `wganctl evaluate {run.info.run_id}` first")
     keys = sorted({key for run in runs for key in run.data.metrics if key.startswith("eval/")})
     header = ["run", "name", "step"] + [key.removeprefix("eval/") for key in keys]
-    lines = [[run.info.run_id[:12], run.info.run_name or "", run.data.tags.get(run_tags.COMPLETED_STEPS, "")]
-             + [f"{run.data.metrics[key]:.4g}" if key in run.data.metrics else "-" for key in keys] for run in runs]
+    lines = []
+    for run in runs:
+        step, values = _eval_metrics(client, run, keys, checkpoint)
+        lines.append([run.info.run_id[:12], run.info.run_name or "", step]
+                     + [f"{values[key]:.4g}" if key in values else "-" for key in keys])
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     table = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in [header, *lines])
     return table, (_side_by_side_grids(runs, Path(out)) if out is not None else None)
+
+
+def _eval_metrics(client: MlflowClient, run, keys: list[str], checkpoint: str | int | None) -> tuple[str, dict]:
+    """(the step shown, the run's eval metrics there): its latest, or those logged at ``checkpoint``'s step."""
+    if checkpoint is None:
+        return run.data.tags.get(run_tags.COMPLETED_STEPS, ""), run.data.metrics
+    step = checkpoints.step_of(run, checkpoint)
+    values = {m.key: m.value for key in keys if key in run.data.metrics
+              for m in client.get_metric_history(run.info.run_id, key) if m.step == step}
+    return str(step), values
 
 
 def _side_by_side_grids(runs: list, out: Path) -> Path:

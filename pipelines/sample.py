@@ -36,15 +36,17 @@ def save_images(images: np.ndarray, out: str | Path, nrow: int | None = None) ->
     return out
 
 
-def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | None = None) -> Path:
+def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | None = None,
+           checkpoint: str | int | None = None) -> Path:
     """``n`` images of run ``run_id``'s generator (a run id, or a ``models:/NAME@ALIAS`` /
-    ``models:/NAME/VERSION`` URI: its source run) into ``out``."""
+    ``models:/NAME/VERSION`` URI: its source run) into ``out``. ``checkpoint``: the generator of the
+    run's checkpoint at that step, or ``best`` (`train --eval-every`), not its logged (final) model."""
     if n < 1:
         raise UserError(f"--n must be >= 1, got {n}")
     _check_output(out)
     client = tracking.client(needs=f"MLflow run {run_id!r}")
     run_id = tracking.resolve_run_id(client, run_id)
-    model, z_dim = tracking.load_generator(run_id)
+    model, z_dim = tracking.load_generator(run_id, checkpoint)
     if label is not None:
         classes = int(client.get_run(run_id).data.params.get("num_classes", 0))
         if not classes:
@@ -56,10 +58,12 @@ def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | Non
     return save_images(np.asarray(images, dtype=np.uint8), out)
 
 
-def interpolate(run_id: str, out: str | Path, rows: int = 8, steps: int = 10, seed: int = 0) -> Path:
+def interpolate(run_id: str, out: str | Path, rows: int = 8, steps: int = 10, seed: int = 0,
+                checkpoint: str | int | None = None) -> Path:
+    """Spherical latent interpolations of the run's logged generator (or of ``checkpoint``, as in `sample`)."""
     if rows < 1 or steps < 2:
         raise UserError("--rows must be >= 1 and --steps >= 2")
     _check_output(out)
-    model, z_dim = tracking.load_generator(run_id)
+    model, z_dim = tracking.load_generator(run_id, checkpoint)
     z = interpolation_latents(z_dim, rows, steps, seed).numpy()
     return save_images(np.asarray(model.predict(z), dtype=np.uint8), out, nrow=steps)

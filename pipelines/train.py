@@ -22,7 +22,7 @@ from wgan.data import fs as datafs
 from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import OutOfSpace, UserError, no_space
 from wgan.knobs import knobs
-from pipelines import tracking
+from pipelines import objective, tracking
 from pipelines.cluster import checkpoints, holds
 from pipelines.tracking import run_tags, system_metrics
 from pipelines.cluster.connect import check_placeable, init_ray, through_ray_client, worker_resources
@@ -47,6 +47,9 @@ class TrainResult:
     checkpoint_dir: str
     final_grid: str
     tracking_uri: str
+    final_fd: float | None = None  # --eval-every: eval/fd at the last step
+    best_fd: float | None = None  # and at the checkpoint Ray Train ranks best (its step: best_step)
+    best_step: int | None = None
 
 
 @dataclass
@@ -199,6 +202,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     else:
         tracking.check_experiment_name(experiment)
     tracking.check_reachable()
+    classifier_run = _evaluation_classifier(run, manifest) if run.eval_every else None
 
     # --- Connect to Ray: refuse a shape the cluster can never place (--gpu without GPUs) ---------
     local = init_ray(address, verbose)
@@ -206,6 +210,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     if trial.cpus_per_worker is None:  # a sweep's trial runs in a Ray task: tune_sweep checked its shape
         check_placeable(resources, run.workers, local=local)
     client = tracking.client()  # only now: bad input must not create a store
+    evaluation = _evaluation_spec(client, classifier_run, data_dir, manifest, run) if classifier_run else None
 
     # --- Open the MLflow run: a new one, or the resumed one with its new settings recorded ------
     if resumed:
@@ -219,8 +224,8 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
                                           parent_run_id=trial.parent_run_id, tags=trial.tags)
     # --- Fit on Ray Train, then log the model from the driver, off the hot path -----------------
     try:
-        result = _fit(cfg, run, run_id, data_dir, manifest, trial, resources=resources,
-                      torch_threads=torch_threads, progress=progress, verbose=verbose, fallback=fallback)
+        result = _fit(cfg, run, run_id, data_dir, manifest, trial, resources=resources, torch_threads=torch_threads,
+                      progress=progress, verbose=verbose, fallback=fallback, evaluation=evaluation)
     except KeyboardInterrupt:
         if not (resumed and resumed.failed_before_a_new_checkpoint(client, run_id, run.storage_path, went_on_from,
                                                                    "interrupted (Ctrl-C)")):
@@ -245,7 +250,45 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
             raise OutOfSpace(f"training run {run_id} failed: {reason}: free space, then "
                              f"`wganctl train --resume {run_id}` goes on from it") from err
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
-    return _finish(client, run_id, result, run)
+    return _finish(client, run_id, result, run, cfg, manifest)
+
+
+def fd_lines(result: TrainResult) -> list[str]:
+    """The console's quality line of a run with --eval-every (none without)."""
+    if result.best_fd is None:
+        return []
+    final = "-" if result.final_fd is None else f"{result.final_fd:.3f}"
+    return [f"Frechet distance: {final} at the end, best {result.best_fd:.3f} at step {result.best_step} "
+            f"(in the project classifier's features; `--checkpoint best` samples or evaluates that checkpoint)"]
+
+
+def _evaluation_classifier(run: RunSettings, manifest: dict) -> str:
+    """--eval-every's classifier run (``--classifier``, else the newest matching one), refused in one
+    line before Ray starts when the data has no labels or no classifier exists."""
+    if not manifest.get("class_names"):
+        raise UserError("--eval-every measures in the project classifier's features, which need a labelled "
+                        "dataset: drop --eval-every, or prepare a labelled one")
+    if run.classifier:
+        return run.classifier
+    try:
+        from pipelines.classifier import find_classifier
+
+        # a client only where the store exists: bad input must not create one
+        return find_classifier(tracking.client() if tracking.store_exists() else None, manifest)
+    except UserError as err:
+        raise UserError(f"--eval-every needs the project classifier: {err}") from None
+
+
+def _evaluation_spec(client: MlflowClient, classifier_run: str, data_dir: str, manifest: dict,
+                     run: RunSettings) -> dict:
+    """What rank 0 needs to score samples (`pipelines.objective`): the classifier and the data's
+    reference statistics, cached per (dataset, classifier) as evaluate caches them."""
+    from pipelines.classifier import matching_classifier
+    from pipelines.cluster.reference import reference_statistics
+
+    classifier = matching_classifier(client, classifier_run, manifest, "--eval-every would measure this run")
+    mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
+    return {**objective.objective_spec(classifier, mu, sigma, run.eval_samples), "classifier_run": classifier_run}
 
 
 @dataclass
@@ -292,7 +335,44 @@ def _fail(client: MlflowClient, run_id: str, reason: str) -> None:
     client.set_terminated(run_id, status="FAILED")
 
 
-def _finish(client: MlflowClient, run_id: str, result, run: RunSettings) -> TrainResult:
+def checkpoint_config(run: RunSettings):
+    """Ray Train's checkpoint policy: with --eval-every it ranks the checkpoints by eval/fd (lowest
+    best; those between evaluations rank last, `objective.RANK_SCORE`) and keeps the best
+    --keep-checkpoints and the newest (Ray always keeps the newest); without, the newest
+    --keep-checkpoints (0: all)."""
+    import ray.train
+
+    return ray.train.CheckpointConfig(num_to_keep=run.keep_checkpoints or None,
+                                      checkpoint_score_attribute=objective.RANK_SCORE if run.eval_every else None,
+                                      checkpoint_score_order="min")
+
+
+def best_checkpoint(result) -> tuple[int | None, float | None, float | None]:
+    """(best step, its eval/fd, the final eval/fd) of a run with --eval-every, from Ray Train's own
+    ranking: its checkpoints sorted by the score attribute, best last, those without an evaluation first."""
+    scored = [(ckpt, metrics) for ckpt, metrics in (result.best_checkpoints or []) if objective.EVAL_FD in metrics]
+    final = (result.metrics or {}).get(objective.EVAL_FD)
+    if not scored:
+        return None, None, final
+    _, metrics = scored[-1]
+    return int(metrics["step"]), float(metrics[objective.EVAL_FD]), final
+
+
+def _description(cfg: TrainConfig, manifest: dict, steps: int, fds: tuple) -> str:
+    """The run's one-sentence description (the MLflow UI's Description): what, on what, how good."""
+    loss = {"wgan-gp": "WGAN-GP", "wgan": "WGAN", "hinge": "a hinge-loss GAN", "gan": "a standard GAN"}[cfg.loss]
+    lazy = f" (penalty every {cfg.gp_every} critic updates)" if cfg.loss == "wgan-gp" and cfg.gp_every > 1 else ""
+    text = (f"{loss}{lazy} with a {cfg.arch} of width {cfg.width}, trained {steps} steps on "
+            f"{manifest.get('dataset')} at {manifest['size']} px")
+    best_step, best_fd, final_fd = fds
+    if best_fd is not None:
+        text += (f"; Frechet distance in the project classifier's features {final_fd:.3f} at the end, "
+                 f"best {best_fd:.3f} at step {best_step}")
+    return text + "."
+
+
+def _finish(client: MlflowClient, run_id: str, result, run: RunSettings, cfg: TrainConfig,
+            manifest: dict) -> TrainResult:
     """Fail a run that diverged or saved nothing; else log its generator and curves and close it."""
     diverged = client.get_run(run_id).data.tags.get(run_tags.DIVERGED)
     if diverged or result.checkpoint is None:
@@ -305,11 +385,16 @@ def _finish(client: MlflowClient, run_id: str, result, run: RunSettings) -> Trai
     model_uri = tracking.log_generator_model(run_id, payload)
     tracking.log_loss_curves(client, run_id)
     client.set_tag(run_id, run_tags.COMPLETED_STEPS, str(payload["step"]))
+    fds = best_checkpoint(result) if run.eval_every else (None, None, None)
+    if fds[0] is not None:
+        client.set_tag(run_id, run_tags.BEST_STEP, str(fds[0]))
+        client.set_tag(run_id, run_tags.BEST_FD, f"{fds[1]:.6g}")
+    client.set_tag(run_id, run_tags.DESCRIPTION, _description(cfg, manifest, payload["step"], fds))
     client.set_terminated(run_id, status="FINISHED")
     artifacts = client.get_run(run_id).info.artifact_uri
     return TrainResult(run_id=run_id, model_uri=model_uri, steps=payload["step"], checkpoint_dir=saved_at,
                        final_grid=f"{artifacts}/samples/step_{payload['step']:06d}.png",
-                       tracking_uri=tracking.tracking_uri())
+                       tracking_uri=tracking.tracking_uri(), best_step=fds[0], best_fd=fds[1], final_fd=fds[2])
 
 
 def training_dataset(data_dir: str, manifest: dict):
@@ -339,7 +424,8 @@ def training_dataset(data_dir: str, manifest: dict):
 
 
 def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifest: dict, trial: TrialPlumbing,
-         *, resources: dict, torch_threads: int | None, progress: bool, verbose: bool, fallback: _Fallback | None):
+         *, resources: dict, torch_threads: int | None, progress: bool, verbose: bool, fallback: _Fallback | None,
+         evaluation: dict | None = None):
     import pyarrow as pa
     import ray
     import ray.train
@@ -362,6 +448,7 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
             "torch_threads": torch_threads,
             "progress_queue": reporter.queue,
             "objective": trial.objective,
+            "evaluation": evaluation,  # --eval-every: what rank 0 scores samples with (pipelines.objective)
             "init_checkpoint": trial.init_checkpoint,
             # --resume past unreadable checkpoints: Ray Train still names the newest; the workers skip it
             "skipped_checkpoints": [name for name, _ in fallback.skipped] if fallback else [],
@@ -382,6 +469,7 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures,
                                                    controller_failure_limit=holds.start_retries(run.wait_for_workers)),
             logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            checkpoint_config=checkpoint_config(run),
             callbacks=[*trial.callbacks, record],
         ),
         datasets=None if isinstance(dataset, pa.Table) else {"train": dataset},

@@ -219,6 +219,9 @@ class _RankZero:
                 self.ema.load_state_dict(state.payload["generator_ema"])
         self.quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
                         if config.get("objective") else None)
+        # --eval-every: the same measure as tune's objective, with class coverage, on its own latents
+        self.evaluation = (SampleQuality(config["evaluation"], cfg.z_dim, cfg.num_classes, device)
+                           if config.get("evaluation") else None)
         # This machine's CPU, memory (and GPU) in the run, sampled by MLflow's monitor on a thread of its own.
         interval = config.get("system_metrics_interval_s")
         self.system = SystemMetrics(self.run_id, config["tracking_uri"], interval) if interval else None
@@ -267,10 +270,28 @@ class _RankZero:
         self.sampler.train()
         tracking.log_grid(self.client, self.run_id, grid(pictures, nrow=per_row), step)
 
-    def checkpoint(self, step: int, metrics: dict[str, float]) -> None:
+    def evaluate(self, step: int) -> float:
+        """--eval-every: score the sampler (the EMA generator when kept: the one logged), log the curve."""
+        started = time.perf_counter()
+        measured = self.evaluation.measure(self.sampler)
+        measured[objective.EVAL_SECONDS] = time.perf_counter() - started
+        self.client.log_batch(self.run_id, metrics=tracking.metrics_batch([(step, measured)], int(time.time() * 1000)),
+                              synchronous=False)
+        if self.progress is not None:
+            try:
+                self.progress.put_nowait({"note": f"step {step}: Frechet distance {measured[objective.EVAL_FD]:.3f}"})
+            except Exception:  # noqa: BLE001 - a full queue only drops a progress note
+                pass
+        return measured[objective.EVAL_FD]
+
+    def checkpoint(self, step: int, metrics: dict[str, float], evaluate: bool = False) -> None:
         if "ddp/weight_spread" in metrics:
             self.client.log_metric(self.run_id, "ddp/weight_spread", metrics["ddp/weight_spread"], step=step,
                                    synchronous=False)
+        if self.evaluation is not None and evaluate:
+            metrics[objective.EVAL_FD] = self.evaluate(step)
+        if self.evaluation is not None:  # what Ray Train ranks checkpoints by: unevaluated ones last
+            metrics[objective.RANK_SCORE] = metrics.get(objective.EVAL_FD, objective.UNSCORED)
         if self.quality is not None:
             metrics[objective.METRIC] = self.quality(self.sampler)
             self.client.log_metric(self.run_id, objective.METRIC, metrics[objective.METRIC], step=step,
@@ -311,7 +332,7 @@ class _OtherRank:
     def sample(self, step: int) -> None:
         pass
 
-    def checkpoint(self, step: int, metrics: dict[str, float]) -> None:
+    def checkpoint(self, step: int, metrics: dict[str, float], evaluate: bool = False) -> None:
         ray.train.report(metrics)
 
     def finished(self) -> None:
@@ -365,7 +386,9 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
             raise RuntimeError(f"injected fault at step {step} (WGANCTL_TEST_FAIL_AT_STEP)")
         pending.append((step, stats, lr))
         last = step == cfg.steps
-        checkpoint_now = last or step % settings.checkpoint_every == 0
+        # --eval-every: an evaluation at every N-th step and the last, each with a checkpoint for Ray to rank
+        evaluate_now = bool(settings.eval_every) and (last or step % settings.eval_every == 0)
+        checkpoint_now = last or step % settings.checkpoint_every == 0 or evaluate_now
         if not (checkpoint_now or step % settings.log_every == 0):
             continue
 
@@ -393,5 +416,5 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
             metrics = {"step": step, **history[-1][1]}
             if world > 1:
                 metrics["ddp/weight_spread"] = weight_spread(unwrap(state.generator), unwrap(state.critic))
-            duties.checkpoint(step, metrics)
+            duties.checkpoint(step, metrics, evaluate=evaluate_now)
     duties.finished()

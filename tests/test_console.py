@@ -54,8 +54,9 @@ def test_a_tracking_server_gets_its_own_url_and_no_ui_to_start(uri, base, monkey
 
 def test_train_ends_with_the_ui_url_of_its_run(mlflow_store, monkeypatch):
     experiment, run_id = new_run("wganctl")
-    monkeypatch.setattr(pipelines.train, "train", lambda *args, **kwargs: SimpleNamespace(
-        run_id=run_id, steps=4, final_grid="grid.png", model_uri=f"runs:/{run_id}/generator"))
+    monkeypatch.setattr(pipelines.train, "train", lambda *args, **kwargs: pipelines.train.TrainResult(
+        run_id=run_id, steps=4, final_grid="grid.png", model_uri=f"runs:/{run_id}/generator", checkpoint_dir="c",
+        tracking_uri=mlflow_store))
     result = CliRunner().invoke(app, ["train", "--data", "anywhere", "--steps", "4"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-2:] == tracking.ui_hint(run_id)

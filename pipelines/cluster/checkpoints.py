@@ -15,7 +15,7 @@ import ray.train
 from wgan import checkpoint as ckpt
 from wgan.data import fs as datafs
 from wgan.errors import UserError
-from pipelines.tracking import ray_run_name
+from pipelines.tracking import ray_run_name, run_tags
 
 DIR_PREFIX = "checkpoint_"
 # An unreadable checkpoint is copied aside under this prefix (never deleted): out of the run's
@@ -95,3 +95,41 @@ def set_aside(storage_path: str, run_id: str, name: str) -> str:
     pafs.copy_files(f"{run_dir}/{name}", f"{run_dir}/{copy}", source_filesystem=filesystem,
                     destination_filesystem=filesystem)
     return copy
+
+
+BEST = "best"  # `--checkpoint best`: the checkpoint Ray Train ranked best by eval/fd (train --eval-every)
+
+
+def step_of(run, which: str | int) -> int:
+    """The step ``--checkpoint`` names: a step, or ``best`` (the run's ``wganctl.best_step`` tag)."""
+    if str(which) == BEST:
+        best = run.data.tags.get(run_tags.BEST_STEP)
+        if best is None:
+            raise UserError(f"run {run.info.run_id} has no best checkpoint: it trained without --eval-every "
+                            f"(or has not finished); give a step it checkpointed, or drop --checkpoint")
+        return int(best)
+    try:
+        step = int(which)
+    except ValueError:
+        raise UserError(f"--checkpoint {which!r}: give a step the run checkpointed, or best") from None
+    if step < 1:
+        raise UserError(f"--checkpoint must be a step >= 1 or best, got {step}")
+    return step
+
+
+def of_run(run, which: str | int) -> tuple[int, dict[str, Any]]:
+    """The run's checkpoint that ``which`` names (a step, or ``best``), loaded and verified before Ray
+    starts (local or remote storage); refused in one line if it has none there, or it does not load."""
+    step = step_of(run, which)
+    storage = run.data.tags.get(run_tags.STORAGE_PATH, "")
+    saved = run_checkpoints(storage, run.info.run_id) if storage else []
+    wanted = [where for where in saved if datafs.name(where) == dir_name(step)]
+    steps = ", ".join(str(int(datafs.name(where).removeprefix(DIR_PREFIX))) for where in saved)
+    if not wanted:
+        raise UserError(f"run {run.info.run_id} has no checkpoint at step {step} in {storage or 'its storage'}: "
+                        f"give a step it checkpointed ({steps or 'none are left'})")
+    try:
+        return step, load(wanted[0])
+    except UserError as err:
+        raise UserError(f"run {run.info.run_id}'s checkpoint at step {step} cannot be used: {err}: "
+                        f"give another step it checkpointed ({steps})") from err

@@ -358,9 +358,30 @@ def log_generator_model(run_id: str, payload: dict) -> str:
     return info.model_uri
 
 
-def load_generator(run_id: str):
-    """The run's pyfunc generator and its latent size; ``run_id`` may be a ``models:/`` URI (`resolve_run_id`)."""
-    run_id = get_run(client(needs=f"MLflow run {run_id!r}"), run_id).info.run_id
+class CheckpointGenerator:
+    """A checkpoint's generator (its moving average when kept) behind the logged model's
+    ``predict(z, params)``: the same sampling code, weights from the checkpoint."""
+
+    def __init__(self, payload: dict):
+        from pipelines.tracking.generator_model import GeneratorModel
+
+        self.model = GeneratorModel().load_weights({"config": payload["config"],
+                                                    "generator": ckpt.sampling_state(payload)})
+
+    def predict(self, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
+        return self.model.predict(None, model_input, params)
+
+
+def load_generator(run_id: str, checkpoint: str | int | None = None):
+    """The run's pyfunc generator and its latent size; ``run_id`` may be a ``models:/`` URI (`resolve_run_id`).
+    ``checkpoint``: the generator of the run's checkpoint at that step, or ``best`` (`checkpoints.of_run`)."""
+    run = get_run(client(needs=f"MLflow run {run_id!r}"), run_id)
+    run_id = run.info.run_id
+    if checkpoint is not None:
+        from pipelines.cluster import checkpoints
+
+        _, payload = checkpoints.of_run(run, checkpoint)
+        return CheckpointGenerator(payload), int(payload["config"]["z_dim"])
     try:
         model = mlflow.pyfunc.load_model(f"runs:/{run_id}/{MODEL_NAME}")
     except mlflow.exceptions.MlflowException as err:

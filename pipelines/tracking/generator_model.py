@@ -24,14 +24,19 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
+        self.load_weights(torch.load(context.artifacts["generator"], map_location="cpu", weights_only=True))
+
+    def load_weights(self, payload: dict) -> "GeneratorModel":
+        """{"config": the run's config, "generator": the state dict}: the logged artifact, or a
+        checkpoint's sampling state (`sample --checkpoint`)."""
         from wgan.config import TrainConfig
         from wgan.networks import build_generator
 
-        payload = torch.load(context.artifacts["generator"], map_location="cpu", weights_only=True)
         self.config = TrainConfig.from_dict(payload["config"])
         self.generator = build_generator(self.config)
         self.generator.load_state_dict(payload["generator"])
         self.generator.eval()
+        return self
 
     # np.ndarray: a hint MLflow accepts without inferring a schema from it, so the signature logged
     # with the model (float32 (N, z_dim) -> uint8 images, params {"label": -1}) stays the contract.

@@ -24,6 +24,10 @@ SKIPPED_CHECKPOINTS = "wganctl.skipped_checkpoints"  # checkpoints --resume coul
 FAILURE_REASON = "wganctl.failure_reason"
 FAILED_RESUME = "wganctl.failed_resume"  # why a resume of a FINISHED run ended before a new checkpoint (it stays FINISHED)
 DIVERGED = "wganctl.diverged"
+# --eval-every: the checkpoint Ray Train ranks best by eval/fd (its step) and that FD; `--checkpoint best` reads them
+BEST_STEP = "wganctl.best_step"
+BEST_FD = "wganctl.best_fd"
+DESCRIPTION = "mlflow.note.content"  # the run's description in the MLflow UI: what was trained, on what, its FD
 TRACKING_OUTAGE = "wganctl.tracking_outage"  # written by pipelines.tracking.resilient_logging
 TRACKING_LOST = "wganctl.tracking_lost"
 

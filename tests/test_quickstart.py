@@ -1,0 +1,57 @@
+"""The main job ends measured (issue 30): `quickstart` prepares the train and test splits, trains the
+project classifier when the store has none, trains the GAN with its FD curve and prints the final and
+best FD; `wganctl evaluate RUN` then works with no other command, and its console, redirected to a
+file, carries only our lines."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+import pipelines.quickstart
+from pipelines.cli import app
+from pipelines.tracking import run_tags
+from tests.processes import wganctl_to_files
+
+pytestmark = pytest.mark.slow
+
+# Lines that are not ours: Ray's and MLflow's Python loggers, a worker's prefixed output, warnings. Not yet
+# checked: Ray's C++ core_worker line about Ray Data's actor pool (ray-project/ray#53727), printed by the
+# driver's core worker whenever Ray Data starts actors with restarts enabled, which only Ray Data's
+# deprecated ray_remote_args can turn off (issue 30 says what is left).
+NOT_OURS = re.compile(r"^\(.*pid=|INFO|WARNING|ERROR|Warning|Downloading artifacts")
+
+
+def test_quickstart_ends_measured_and_evaluate_then_needs_nothing_else(ray_session, mlflow_store, tmp_path,
+                                                                       monkeypatch):
+    # The real stages on fewer images and steps: 600 of Fashion-MNIST's 70,000, one classifier epoch
+    monkeypatch.setattr(pipelines.quickstart, "prepare", functools.partial(pipelines.quickstart.prepare, limit=600))
+    monkeypatch.setattr(pipelines.quickstart, "CLASSIFIER_EPOCHS", 1)
+    res = CliRunner().invoke(app, ["quickstart", "--steps", "4", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "training one (1 epochs)" in res.output  # the store had no classifier
+    run_id = re.search(r"^MLflow run:\s+(\w+)", res.output, re.MULTILINE).group(1)
+    best = re.search(r"^Frechet distance: (\d+\.\d{3}) at the end, best (\d+\.\d{3}) at step 4 ", res.output,
+                     re.MULTILINE)
+    assert best, res.output
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert [m.value for m in client.get_metric_history(run_id, "eval/fd")] == [pytest.approx(float(best.group(1)),
+                                                                                             abs=1e-3)]
+    assert run.data.tags[run_tags.BEST_STEP] == "4"
+    assert run.data.params["data_dir"].endswith("/data/fashion-mnist-28px")  # train and test splits
+    (classifier,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                       filter_string=f"tags.`{run_tags.STAGE}` = 'classifier'")
+    assert run.data.params["classifier"] == classifier.info.run_id
+    assert classifier.data.metrics["fd_test_vs_train"] > 0  # measured on the test split it prepared
+
+    # A second quickstart would find that classifier; evaluate needs nothing else, and prints only our lines
+    stdout, stderr = wganctl_to_files(["evaluate", run_id, "--n", "100"], tmp_path, MLFLOW_TRACKING_URI=mlflow_store)
+    lines = [line for line in stdout.splitlines() + stderr.splitlines() if "ray/issues/53727" not in line]
+    assert [line for line in lines if NOT_OURS.search(line)] == [], stdout + stderr
+    assert [line for line in stderr.splitlines() if "ray/issues/53727" not in line] == [], stderr
+    assert re.search(r"^eval/fid\s+\d", stdout, re.MULTILINE), stdout
