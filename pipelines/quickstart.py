@@ -60,7 +60,9 @@ from pipelines.prepare import prepare
 from pipelines.train import fd_lines, train
 
 DATA_DIR = "data/fashion-mnist-28px"  # train and test splits: the classifier measures its FD floor on the test split
-# Timed from a fresh clone (2026-12-07, fresh 2-core machine with avx512_bf16/amx_bf16, empty pip cache): 535 s in
+# Timed from a fresh clone (2026-12-08, 2-core machine with avx512_bf16/amx_bf16, warm pip cache): 696 s in all,
+# 124 s install, 572 s quickstart (prepare, a 2-epoch classifier, 10000 steps with ten evaluations). Before the
+# classifier and the evaluations (2026-12-07, empty pip cache): 535 s in
 # all, 136 s install, 399 s quickstart (prepare + 10000 steps at 1350-2200 img/s).
 MAIN_JOB = TrainConfig(loss="wgan-gp", gp_every=8, arch="dcgan", width=32, steps=10000, batch=64, n_critic=1,
                        lr=8e-4, betas=(0.0, 0.9), g_ema=0.999)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import re
 import warnings
@@ -181,3 +182,19 @@ def test_off_a_terminal_a_sweep_is_a_plain_line_of_trials_ended_and_the_best_obj
     assert [re.sub(r"  ETA .*", "", line) for line in printed.getvalue().splitlines()] == [
         "tune: trials ended 1/2 (50%)  1 running  best Frechet distance 12.500",
         "tune: trials ended 2/2 (100%)  0 running  best Frechet distance 12.500"]
+
+
+def test_ray_cores_actor_pool_notice_is_left_out_of_stderr_and_the_rest_passes(capfd):
+    """Ray core writes it in C++ straight to file descriptor 2, so the filter works on the descriptor."""
+    from pipelines.cluster.console import ray_notices_filtered
+
+    notice = (b"[2026-12-07 23:53:31,098 E 16424 16424] core_worker.cc:2465: Actor with class name: "
+              b"'MapWorker(MapBatches(SampleAndEmbed))' and ID: 'bb1d' has constructor arguments in the object store "
+              b"and max_restarts > 0. ... See https://github.com/ray-project/ray/issues/53727 for more details.\n")
+    with ray_notices_filtered(enabled=True):
+        os.write(2, b"before\n" + notice + b"[2026-12-07 E] core_worker.cc:1: something else\n")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "before\n[2026-12-07 E] core_worker.cc:1: something else\nafter\n"
+    with ray_notices_filtered(enabled=False):  # --verbose: Ray's own console, as it is
+        os.write(2, notice)
+    assert capfd.readouterr().err == notice.decode()

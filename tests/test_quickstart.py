@@ -19,11 +19,9 @@ from tests.processes import wganctl_to_files
 
 pytestmark = pytest.mark.slow
 
-# Lines that are not ours: Ray's and MLflow's Python loggers, a worker's prefixed output, warnings. Not yet
-# checked: Ray's C++ core_worker line about Ray Data's actor pool (ray-project/ray#53727), printed by the
-# driver's core worker whenever Ray Data starts actors with restarts enabled, which only Ray Data's
-# deprecated ray_remote_args can turn off (issue 30 says what is left).
-NOT_OURS = re.compile(r"^\(.*pid=|INFO|WARNING|ERROR|Warning|Downloading artifacts")
+# Lines that are not ours: Ray's and MLflow's loggers (Python or C++: "[2026-... E ... core_worker.cc"),
+# a worker's prefixed output, warnings
+NOT_OURS = re.compile(r"^\(.*pid=|INFO|WARNING|ERROR|Warning|core_worker|^\[\d{4}-\d\d-\d\d|Downloading artifacts")
 
 
 def test_quickstart_ends_measured_and_evaluate_then_needs_nothing_else(ray_session, mlflow_store, tmp_path,
@@ -51,7 +49,6 @@ def test_quickstart_ends_measured_and_evaluate_then_needs_nothing_else(ray_sessi
 
     # A second quickstart would find that classifier; evaluate needs nothing else, and prints only our lines
     stdout, stderr = wganctl_to_files(["evaluate", run_id, "--n", "100"], tmp_path, MLFLOW_TRACKING_URI=mlflow_store)
-    lines = [line for line in stdout.splitlines() + stderr.splitlines() if "ray/issues/53727" not in line]
-    assert [line for line in lines if NOT_OURS.search(line)] == [], stdout + stderr
-    assert [line for line in stderr.splitlines() if "ray/issues/53727" not in line] == [], stderr
+    lines = stdout.splitlines() + stderr.splitlines()
+    assert [line for line in lines if NOT_OURS.search(line)] == [] and stderr == "", stdout + stderr
     assert re.search(r"^eval/fid\s+\d", stdout, re.MULTILINE), stdout

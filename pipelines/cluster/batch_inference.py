@@ -260,9 +260,12 @@ def embed_shards(paths: list[str], size: int, channels: int, extractor: dict, *,
 
 
 def _collect(dataset, columns: tuple[str, ...], *, progress, order_by: str | None = None) -> dict[str, np.ndarray]:
-    """The dataset's ``columns``, batch after batch (``progress``, a `StageProgress`, counts the rows)."""
+    """The dataset's ``columns``, batch after batch (``progress``, a `StageProgress`, counts the rows).
+    Ray core's notice about the actor pool's restarts stays off the console (`console.ray_notices_filtered`)."""
+    from pipelines.cluster.console import ray_notices_filtered
+
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    with progress:
+    with progress, ray_notices_filtered():
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for c in columns:
                 parts[c].append(batch[c])

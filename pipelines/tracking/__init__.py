@@ -31,7 +31,7 @@ CONFIG_FILE = "config.json"  # the run's TrainConfig, whole
 RUN_SETTINGS_FILE = "run_settings.json"  # the RunSettings it last ran with
 # The critic gap is `wasserstein_estimate` under wgan/wgan-gp and `critic_gap` otherwise (`wgan.losses.gap_metric`).
 METRICS = ("loss/critic", "loss/generator", "wasserstein_estimate", "critic_gap", "gradient_penalty",
-           "throughput/images_per_s")
+           "eval/fd", "throughput/images_per_s")  # eval/fd: with --eval-every, its curve beside the losses
 
 
 def tracking_uri() -> str:
