@@ -14,7 +14,6 @@ and a plot.
 
 from __future__ import annotations
 
-import io
 import statistics
 from dataclasses import dataclass
 
@@ -161,8 +160,6 @@ def _train_and_test(spec: dict, images: np.ndarray, labels: np.ndarray, test: tu
 
 def _log(client: MlflowClient, experiment: str, data_dir: str, manifest: dict, params: dict, arms: dict,
          rows: list[dict], summary: dict) -> str:
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,11 +179,8 @@ def _log(client: MlflowClient, experiment: str, data_dir: str, manifest: dict, p
         mean, spread = summary[arm]
         client.log_metric(run_id, f"accuracy/{arm}/mean", mean)
         client.log_metric(run_id, f"accuracy/{arm}/std", spread)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["arm", "seed", "train_images", "accuracy"])
-    writer.writeheader()
-    writer.writerows(sorted(rows, key=lambda r: (r["arm"], r["seed"])))
-    client.log_text(run_id, buffer.getvalue(), "augment.csv")
+    tracking.log_csv(client, run_id, sorted(rows, key=lambda r: (r["arm"], r["seed"])), "augment.csv",
+                     fieldnames=["arm", "seed", "train_images", "accuracy"])
     fig, ax = plt.subplots(figsize=(1.8 * len(arms) + 1, 3.2))
     names = list(arms)
     ax.bar(range(len(names)), [summary[a][0] for a in names], yerr=[summary[a][1] for a in names], capsize=4)

@@ -10,20 +10,20 @@ beside the manifest.
 
 from __future__ import annotations
 
-import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 from mlflow.tracking import MlflowClient
 
 from wgan.classifier import Classifier
 from wgan.data import fs as datafs
 from wgan.data.rows import dataset_labels, read_rows
-from wgan.data.manifest import load_manifest, manifest_sha256
+from wgan.data.manifest import file_sha256, load_manifest, manifest_sha256
 from wgan.errors import UserError
 from wgan.images import grid
 from wgan.metrics import (class_coverage, feature_statistics, frechet_distance_from_statistics, inception_score,
@@ -94,7 +94,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     tags = {"eval.features": features, "eval.n": str(n), "eval.seed": str(seed), "eval.metrics": ",".join(metrics)}
     if inception:
         extractor = inception_extractor(inception_weights)
-        key = f"inception-{_file_sha256(inception_weights)[:16]}"
+        key = f"inception-{file_sha256(pafs.LocalFileSystem(), inception_weights)[:16]}"
         tags["eval.inception_weights"] = Path(inception_weights).name
     else:
         classifier_run = classifier_run or find_classifier(client, manifest)
@@ -147,7 +147,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
                                reference, dataset_labels(data_dir, manifest), manifest["class_names"])
         results["eval/class_accuracy"] = float(np.mean([row["accuracy"] for row in per_class]))
         results["eval/intra_fid_mean"] = float(np.mean([row["intra_fid"] for row in per_class]))
-        client.log_text(run_id, _csv(per_class), "eval/per_class.csv")
+        tracking.log_csv(client, run_id, per_class, "eval/per_class.csv")
     if "coverage" in metrics:
         results["eval/coverage_classes"] = float(coverage.covered)
         results["eval/coverage_min_share"] = float(coverage.shares.min())
@@ -174,26 +174,6 @@ def _per_class(intended: np.ndarray, predicted: np.ndarray, features: np.ndarray
                      "accuracy": float(np.mean(predicted[intended == k] == k)) if len(mine) else float("nan"),
                      "intra_fid": intra})
     return rows
-
-
-def _csv(rows: list[dict]) -> str:
-    import csv
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _training_manifest(run, data_dir: str, labels_needed: bool = True) -> dict:

@@ -432,7 +432,7 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
     from ray.train.torch import TorchTrainer
 
     from pipelines.cluster.progress import train_progress
-    from pipelines.train_worker import train_loop_per_worker
+    from pipelines.train_worker import WorkerConfig, train_loop_per_worker
 
     dataset = training_dataset(data_dir, manifest)
     reporter = train_progress(cfg.steps, enabled=progress)
@@ -440,26 +440,17 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
                                resources=resources, queue=reporter.queue)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "train_config": cfg.to_dict(),
-            "run_settings": run.to_dict(),
-            "mlflow_run_id": run_id,
-            "tracking_uri": tracking.tracking_uri(),
-            "torch_threads": torch_threads,
-            "progress_queue": reporter.queue,
-            "objective": trial.objective,
-            "evaluation": evaluation,  # --eval-every: what rank 0 scores samples with (pipelines.objective)
-            "init_checkpoint": trial.init_checkpoint,
-            # --resume past unreadable checkpoints: Ray Train still names the newest; the workers skip it
-            "skipped_checkpoints": [name for name, _ in fallback.skipped] if fallback else [],
-            "fallback_checkpoint": fallback.where if fallback else None,
-            # small: the table, put once; each worker holds its share (else None: a Ray Data shard streams)
-            "in_memory": ray.put(dataset) if isinstance(dataset, pa.Table) else None,
-            "system_metrics_interval_s": system_metrics.SAMPLING_INTERVAL_S,  # rank 0's machine, in the run
+        train_loop_config={"worker": WorkerConfig(
+            train_config=cfg.to_dict(), run_settings=run.to_dict(), mlflow_run_id=run_id,
+            tracking_uri=tracking.tracking_uri(), torch_threads=torch_threads, progress_queue=reporter.queue,
+            objective=trial.objective, evaluation=evaluation, init_checkpoint=trial.init_checkpoint,
+            skipped_checkpoints=[name for name, _ in fallback.skipped] if fallback else [],
+            fallback_checkpoint=fallback.where if fallback else None,
+            in_memory=ray.put(dataset) if isinstance(dataset, pa.Table) else None,
+            system_metrics_interval_s=system_metrics.SAMPLING_INTERVAL_S,
             # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
             # variables set after Ray started.
-            "fail_at_step": int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None,
-        },
+            fail_at_step=int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None)},
         scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(

@@ -10,7 +10,9 @@ runs under `flushed_on_error`, which sends the queue (at most
 ERROR_FLUSH_TIMEOUT_S) and tags what could not be sent before the error goes on
 to Ray Train.
 
-Test hook: ``config["fail_at_step"]`` (the driver sets it from the environment
+Everything that crosses the Ray hop is one `WorkerConfig`, its fields named once.
+
+Test hook: ``WorkerConfig.fail_at_step`` (the driver sets it from the environment
 variable WGANCTL_TEST_FAIL_AT_STEP) makes every rank raise a RuntimeError right
 after that step's training, before its logging flush: a worker error at a known
 step, for tests of the failure path. Unset, it costs one comparison a step.
@@ -23,8 +25,8 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import pyarrow as pa
 import ray.train
@@ -150,13 +152,36 @@ def flushed_on_error(client: BufferedMlflowClient | None, timeout: float = ERROR
         raise
 
 
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What the driver (`pipelines.train._fit`) sends every worker, whole, as Ray Train's
+    ``train_loop_config={"worker": WorkerConfig(...)}``."""
+
+    train_config: dict  # TrainConfig.to_dict(), resolved
+    run_settings: dict  # RunSettings.to_dict()
+    mlflow_run_id: str
+    tracking_uri: str
+    torch_threads: int | None = None  # this worker's share of a local machine's cores (connect.worker_resources)
+    progress_queue: Any = None  # rank 0's progress updates to the driver's console (a ray.util.queue.Queue)
+    objective: dict | None = None  # tune's sample-quality objective at every checkpoint (pipelines.objective)
+    evaluation: dict | None = None  # --eval-every: what rank 0 scores samples with (pipelines.objective)
+    init_checkpoint: str | None = None  # PBT: another trial's checkpoint to start from
+    # --resume past unreadable checkpoints: Ray Train still names the newest; the workers skip these
+    skipped_checkpoints: list[str] = field(default_factory=list)
+    fallback_checkpoint: str | None = None  # ... and go on from this one
+    in_memory: Any = None  # small data: the table, put once (ObjectRef); else None: a Ray Data shard streams
+    system_metrics_interval_s: float | None = None  # rank 0's machine, in the run
+    fail_at_step: int | None = None  # the test hook (module docstring)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point: the training loop, whose logging reaches MLflow even if it raises."""
+    worker: WorkerConfig = config["worker"]
     # Rank 0 logs through a queue drained by a background thread: training never waits on
     # MLflow, and a tracking-server outage is retried, warned about once, and recorded.
-    client = BufferedMlflowClient(config["tracking_uri"]) if ray.train.get_context().get_world_rank() == 0 else None
+    client = BufferedMlflowClient(worker.tracking_uri) if ray.train.get_context().get_world_rank() == 0 else None
     with flushed_on_error(client):
-        _train(config, client)
+        _train(worker, client)
 
 
 @dataclass
@@ -174,7 +199,7 @@ class _State:
     step: TrainStep | None = None  # the step being trained: its critic-update clock (--gp-every) is checkpointed
 
 
-def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
+def _restore(cfg: TrainConfig, config: WorkerConfig, device: torch.device) -> _State:
     """Build the networks (identical on every rank) and load the checkpoint to go on from: this
     run's latest (a restarted worker group, --resume) or, for a PBT exploit, another trial's."""
     torch.manual_seed(cfg.seed)
@@ -183,12 +208,12 @@ def _restore(cfg: TrainConfig, config: dict, device: torch.device) -> _State:
     state = _State(generator, critic, g_opt, d_opt, build_schedulers(cfg, g_opt, d_opt),
                    fixed_z=torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)))
     restored = ray.train.get_checkpoint()
-    if restored is not None and datafs.name(restored.path) in config.get("skipped_checkpoints", ()):
+    if restored is not None and datafs.name(restored.path) in config.skipped_checkpoints:
         # --resume found it unreadable and set it aside: go on from the newest that loads
-        filesystem, path = datafs.resolve(config["fallback_checkpoint"])
+        filesystem, path = datafs.resolve(config.fallback_checkpoint)
         restored = ray.train.Checkpoint(path, filesystem=filesystem)
-    if restored is None and config.get("init_checkpoint"):
-        restored = ray.train.Checkpoint(config["init_checkpoint"])
+    if restored is None and config.init_checkpoint:
+        restored = ray.train.Checkpoint(config.init_checkpoint)
     if restored is None:
         return state
     with restored.as_directory() as directory:
@@ -207,24 +232,24 @@ class _RankZero:
     average, the machine's system metrics, and checkpoints. Other ranks get `_OtherRank`, whose methods do what every rank
     must (report at the same steps, as Ray Train requires) and nothing else."""
 
-    def __init__(self, client: BufferedMlflowClient, config: dict, cfg: TrainConfig, settings: RunSettings,
+    def __init__(self, client: BufferedMlflowClient, config: WorkerConfig, cfg: TrainConfig, settings: RunSettings,
                  state: _State, device: torch.device):
-        self.client, self.run_id, self.cfg, self.settings = client, config["mlflow_run_id"], cfg, settings
-        self.state, self.device, self.progress = state, device, config.get("progress_queue")
+        self.client, self.run_id, self.cfg, self.settings = client, config.mlflow_run_id, cfg, settings
+        self.state, self.device, self.progress = state, device, config.progress_queue
         # --g-ema: rank 0 keeps the moving average of the generator; it samples and is logged.
         self.ema = None
         if cfg.g_ema:
             self.ema = AveragedModel(state.generator, multi_avg_fn=get_ema_multi_avg_fn(cfg.g_ema), use_buffers=True)
             if state.payload and state.payload.get("generator_ema"):
                 self.ema.load_state_dict(state.payload["generator_ema"])
-        self.quality = (SampleQuality(config["objective"], cfg.z_dim, cfg.num_classes, device)
-                        if config.get("objective") else None)
+        self.quality = (SampleQuality(config.objective, cfg.z_dim, cfg.num_classes, device)
+                        if config.objective else None)
         # --eval-every: the same measure as tune's objective, with class coverage, on its own latents
-        self.evaluation = (SampleQuality(config["evaluation"], cfg.z_dim, cfg.num_classes, device)
-                           if config.get("evaluation") else None)
+        self.evaluation = (SampleQuality(config.evaluation, cfg.z_dim, cfg.num_classes, device)
+                           if config.evaluation else None)
         # This machine's CPU, memory (and GPU) in the run, sampled by MLflow's monitor on a thread of its own.
-        interval = config.get("system_metrics_interval_s")
-        self.system = SystemMetrics(self.run_id, config["tracking_uri"], interval) if interval else None
+        interval = config.system_metrics_interval_s
+        self.system = SystemMetrics(self.run_id, config.tracking_uri, interval) if interval else None
 
     @property
     def sampler(self) -> torch.nn.Module:
@@ -339,15 +364,15 @@ class _OtherRank:
         pass
 
 
-def _train(config: dict, client: BufferedMlflowClient | None) -> None:
+def _train(config: WorkerConfig, client: BufferedMlflowClient | None) -> None:
     """The loop, in the phases of docs/architecture.md section 3: restore, build, then per step
     train; at intervals log (rank 0), sample, checkpoint and report."""
-    cfg = TrainConfig.from_dict(config["train_config"])
-    settings = RunSettings.from_dict(config["run_settings"])
+    cfg = TrainConfig.from_dict(config.train_config)
+    settings = RunSettings.from_dict(config.run_settings)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if config.get("torch_threads"):
-        torch.set_num_threads(config["torch_threads"])
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     device = ray.train.torch.get_device()
 
     # --- Restore: networks, optimizers, step, fixed grid latents --------------------------------
@@ -371,11 +396,11 @@ def _train(config: dict, client: BufferedMlflowClient | None) -> None:
         step_fn.critic_updates = ckpt.critic_updates_of(state.payload)
     state.step = step_fn
     duties.started(step_fn.precision, world)
-    data = real_batches(cfg, device, in_memory=config.get("in_memory"))
+    data = real_batches(cfg, device, in_memory=config.in_memory)
     pending: list[tuple[int, dict[str, torch.Tensor], float]] = []
     images_per_step = cfg.n_critic * cfg.batch
     tick, tick_step = time.perf_counter(), state.start
-    fail_at_step = config.get("fail_at_step")  # the test hook, see the module docstring
+    fail_at_step = config.fail_at_step  # the test hook, see the module docstring
 
     for step in range(state.start + 1, cfg.steps + 1):
         # --- Step: n_critic critic updates, one generator update ---------------------------------

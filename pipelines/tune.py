@@ -14,9 +14,7 @@ gets a new child run for each exploit: its hyperparameters changed).
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -573,11 +571,7 @@ def _trial_id_from_path(path: str | None) -> str | None:
 
 def _log_table(client: MlflowClient, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("run_id", "status", "reports", "objective"), k))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    writer.writerows(rows)
-    client.log_text(parent_run_id, buf.getvalue(), "trials.csv")
+    tracking.log_csv(client, parent_run_id, rows, "trials.csv", fieldnames=keys)
 
     import matplotlib
 

@@ -287,12 +287,14 @@ def test_a_killed_train_driver_gives_its_cpus_back(tiny_dataset, ray_session, ml
     settings = RunSettings(log_every=1, sample_every=100_000, checkpoint_every=100_000,
                            storage_path=str(tmp_path / "ckpts"))
     ledger = holds.ledger("test-ledger")
+    client = MlflowClient()
+    client.search_experiments()  # the store exists before the driver's process opens it too: two
+    # processes creating one sqlite store at once race on its tables (seen: "table skills already exists")
     driver = TrainDriver.remote()
     assert ray.get(ledger.hold.remote("trial-1", driver)) == []
     plumbing = TrialPlumbing(tags={"wganctl.trial_id": "trial-1"}, ledger="test-ledger")
     driver.run.remote(dict(cfg=cfg, data_dir=tiny_dataset, run=settings, experiment="t", progress=False,
                            trial=plumbing), mlflow_store)
-    client = MlflowClient()
     deadline = time.time() + 120
     while time.time() < deadline:
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -35,3 +35,12 @@ def no_space(err: BaseException | None) -> BaseException | None:
         pending += [current.__cause__, current.__context__, getattr(current, "cause", None),
                     *(getattr(current, "worker_failures", None) or {}).values()]
     return None
+
+
+def first_line(error: BaseException, *, named: bool = False) -> str:
+    """The first line of an error's text (its type's name when it has none), for one-line messages
+    and tags; ``named``: prefixed with the type's name."""
+    text = str(error).strip().splitlines()
+    if not text:
+        return type(error).__name__
+    return f"{type(error).__name__}: {text[0]}" if named else text[0]

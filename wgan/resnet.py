@@ -17,7 +17,7 @@ normalisation, applied to every critic layer by `wgan.networks.build_critic`). W
 PyTorch's default initialisation.
 
 Sizes: 32 px is the paper's (4x4 base, three upsamplings). Other sizes start from the DCGAN
-networks' base (`wgan.networks.base_and_doublings`): 28 px 7x7 and two upsamplings, 48 px 6x6
+networks' base (`wgan.layers.base_and_doublings`): 28 px 7x7 and two upsamplings, 48 px 6x6
 and three, 64 px 4x4 and four, 96 px 6x6 and four. The critic halves until its feature map is
 at most 8 px, as the paper's (32 -> 16 -> 8): one downsampling block per halving after the
 optimised block (28 -> 14 -> 7; 48 -> 24 -> 12 -> 6; 64 -> 32 -> 16 -> 8; 96 -> ... -> 6),
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wgan.networks import ScoringCritic, base_and_doublings, critic_norm
+from wgan.layers import ScoringCritic, base_and_doublings, critic_norm
 
 # The critic's feature map side it stops halving at (the paper's 32 px critic ends at 8 x 8).
 _CRITIC_MAX_SIDE = 8
@@ -119,7 +119,7 @@ def critic_halvings(image_size: int) -> int:
 
 
 class ResNetCritic(ScoringCritic):
-    """The residual critic; its score and conditioning are `wgan.networks.ScoringCritic`'s, as the DCGAN critic's."""
+    """The residual critic; its score and conditioning are `wgan.layers.ScoringCritic`'s, as the DCGAN critic's."""
 
     def __init__(self, channels: int, image_size: int, width: int, norm: str, num_classes: int = 0,
                  conditioning: str = "projection"):

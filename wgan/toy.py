@@ -71,7 +71,7 @@ class ToyCritic(nn.Module):
     """With ``num_classes``, conditional on a one-hot label beside x: the gradient penalty's
     gradient is still taken w.r.t. x alone, per sample, the label held fixed. With
     ``conditioning="aux"`` the score ignores the label and the net also outputs class
-    logits, returned beside it, as `wgan.networks.DCGANCritic` does."""
+    logits, returned beside it, as `wgan.dcgan.DCGANCritic` does."""
 
     def __init__(self, inputs: int = 2, hidden: int = 512, num_classes: int = 0, conditioning: str = "projection"):
         super().__init__()

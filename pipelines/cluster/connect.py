@@ -37,8 +37,9 @@ def use_local_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
-# How long a stage waits for a Ray cluster's address to accept a connection before it refuses
-# to start: ray.init retries an address nobody listens on for minutes, printing a warning each time.
+# How long a stage waits for a server it needs to answer before it refuses to start, whichever
+# server: a Ray cluster's address (ray.init retries one nobody listens on for minutes, printing a
+# warning each time) or an http(s) tracking server (MLflow's client retries one for about two minutes).
 REACHABLE_TIMEOUT_S = 3.0
 _ADDRESS_FORMS = "host:port (the head's GCS port, 6379 by default), auto, or ray://host:10001"
 

@@ -24,6 +24,7 @@ from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
 from wgan.data import fs as datafs
 from wgan.errors import UserError
+from pipelines.cluster.connect import REACHABLE_TIMEOUT_S
 from pipelines.tracking import run_tags
 
 MODEL_NAME = "generator"
@@ -39,9 +40,6 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
-# How long a command waits for an http(s) tracking server to answer before it refuses to
-# start: MLflow's own client retries an unreachable server for about two minutes.
-REACHABLE_TIMEOUT_S = 3.0
 _reached: set[str] = set()
 
 
@@ -291,6 +289,20 @@ def ray_run_name(run_id: str) -> str:
 
 def metrics_batch(history: list[tuple[int, dict[str, float]]], timestamp_ms: int) -> list[Metric]:
     return [Metric(key, value, timestamp_ms, step) for step, values in history for key, value in values.items()]
+
+
+def log_csv(client: MlflowClient, run_id: str, rows: list[dict], artifact_file: str,
+            fieldnames: list[str] | None = None) -> None:
+    """A table as a CSV artifact (a header, then one line per row; ``fieldnames``: the columns, in
+    order, else the first row's keys). CSV, not MLflow's log_table JSON: it opens in a spreadsheet."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames or list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    client.log_text(run_id, buffer.getvalue(), artifact_file)
 
 
 def log_grid(client: MlflowClient, run_id: str, picture: np.ndarray, step: int) -> None:

@@ -34,6 +34,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.time import get_current_time_millis
 from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
+from wgan.errors import first_line
 from pipelines.tracking import run_tags
 
 logger = logging.getLogger(__name__)
@@ -260,13 +261,13 @@ class BufferedMlflowClient:
                 if error is not None and not _is_rejection(error):
                     self._queue.extendleft(reversed(calls))
                     self._trim()
-                    self._report_outage(_one_line(error), started)
+                    self._report_outage(first_line(error)[:300], started)
                     self._cond.wait_for(lambda: self._closing, self.retry_interval_s)
                     continue
                 if error is not None:
                     what = _summary_of(calls)
-                    self._lost(calls[0].run_id).rejected.append(f"{what}: {_one_line(error)}")
-                    logger.warning("MLflow rejected %s: %s", what, _one_line(error))
+                    self._lost(calls[0].run_id).rejected.append(f"{what}: {first_line(error)[:300]}")
+                    logger.warning("MLflow rejected %s: %s", what, first_line(error)[:300])
                 if self._outage_started is not None:
                     self._outages.append(time.monotonic() - self._outage_started)
                     logger.info("MLflow server reachable again after %.0f s; sending %d buffered calls",
@@ -318,11 +319,6 @@ def _is_rejection(error: Exception) -> bool:
     else:  # log_image's upload raises requests' HTTPError
         status = getattr(getattr(error, "response", None), "status_code", None)
     return status is not None and 400 <= status < 500 and status not in (408, 429)
-
-
-def _one_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return (text[0] if text else type(error).__name__)[:300]
 
 
 def _ranges(steps: list[int]) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow.fs as pafs
 from PIL import Image, ImageOps
+from torchvision.datasets.folder import IMG_EXTENSIONS  # the files torchvision's ImageFolder takes as images
 
 from wgan.data import fs as datafs
 from wgan.data.images import fit_image
@@ -21,7 +22,6 @@ from wgan.data.parts import EncodedRows, LoadedSource
 from wgan.errors import UserError
 
 UNLABELLED = -1
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # as torchvision's ImageFolder
 # What PIL raises for files it cannot decode: unknown/garbled format (OSError, SyntaxError in some plugins),
 # truncated data (OSError), absurd sizes (DecompressionBombError), bad headers (ValueError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)

@@ -32,7 +32,7 @@ from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 from torchvision.datasets.utils import extract_archive
 
 from wgan.data.parts import ArrayPart, LoadedSource
-from wgan.errors import UserError
+from wgan.errors import UserError, first_line
 
 CONNECT_TIMEOUT_S = 3.0
 # What torchvision's parsers raise on truncated or foreign files (asserts and reshapes in MNIST/STL-10, pickle in CIFAR).
@@ -209,7 +209,7 @@ def _find_or_download(dataset: NamedDataset) -> Path:
     try:
         dataset.download(str(cache_dir(dataset.name)))
     except (URLError, RuntimeError, OSError) as err:
-        raise UserError(f"{dataset.name}: download failed ({_one_line(err)}); pass --source-dir DIR with the original files") from None
+        raise UserError(f"{dataset.name}: download failed ({first_line(err, named=True)}); pass --source-dir DIR with the original files") from None
     return cache_dir(dataset.name)
 
 
@@ -262,7 +262,7 @@ def _extract(path: Path, destination: Path) -> None:
     try:
         extract_archive(str(path), str(destination))
     except _EXTRACT_ERRORS as err:
-        raise UserError(f"{path} is truncated or corrupt ({_one_line(err)}); replace it with the original file") from None
+        raise UserError(f"{path} is truncated or corrupt ({first_line(err, named=True)}); replace it with the original file") from None
 
 
 def _load_split(dataset: NamedDataset, root: str, originals: dict[str, Path], split: str) -> Loaded:
@@ -270,7 +270,7 @@ def _load_split(dataset: NamedDataset, root: str, originals: dict[str, Path], sp
         images, labels, class_names = dataset.load(root, split)
     except PARSE_ERRORS as err:
         culprit = _first_damaged(dataset, Path(root) / dataset.folder, originals, split)
-        raise UserError(f"{dataset.name}: {culprit} is truncated or corrupt ({_one_line(err)}); replace it with the original file") from None
+        raise UserError(f"{dataset.name}: {culprit} is truncated or corrupt ({first_line(err, named=True)}); replace it with the original file") from None
     if len(images) != len(labels):
         files = ", ".join(str(originals[name]) for name in dataset.split_files[split])
         raise UserError(
@@ -287,8 +287,3 @@ def _first_damaged(dataset: NamedDataset, folder: Path, originals: dict[str, Pat
         except PARSE_ERRORS:
             return str(originals[name])
     return " / ".join(str(originals[name]) for name in dataset.split_files[split])
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
