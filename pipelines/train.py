@@ -288,7 +288,7 @@ def _evaluation_spec(client: MlflowClient, classifier_run: str, data_dir: str, m
 
     classifier = matching_classifier(client, classifier_run, manifest, "--eval-every would measure this run")
     mu, sigma = reference_statistics(data_dir, classifier, classifier_run)
-    return {**objective.objective_spec(classifier, mu, sigma, run.eval_samples), "classifier_run": classifier_run}
+    return objective.objective_spec(classifier, mu, sigma, run.eval_samples)
 
 
 @dataclass
