@@ -47,6 +47,7 @@ from tests.data_formats import write_stl10  # noqa: E402
 from wgan.data import ShardReader, decode_images, load_manifest, shard_paths  # noqa: E402
 from wgan.data.images import unpack_images  # noqa: E402
 from wgan.data.reader import pixels_to_tensor  # noqa: E402
+from pipelines.stage_options import PrepareOptions  # noqa: E402
 
 FASHION_MNIST = Path(os.environ.get("WGANCTL_SYSTEM_DATASETS", "/usr/share/datasets")) / "fashion-mnist"
 BATCH = 64
@@ -62,16 +63,16 @@ def bench_prepare(work: Path) -> Path:
     print("== prepare (Ray Data, local, %d CPUs) ==" % os.cpu_count())
     seconds, _ = timed(lambda: ray.init(include_dashboard=False, log_to_driver=False))
     print(f"ray.init: {seconds:.1f} s (not counted below)")
-    prepare("fashion-mnist", size=32, limit=500, out=str(work / "warmup"), progress=False)  # starts the Ray workers
+    prepare("fashion-mnist", options=PrepareOptions(size=32, limit=500), out=str(work / "warmup"), progress=False)  # starts the Ray workers
 
     fmnist = work / "fashion-mnist-32px"
-    seconds, result = timed(lambda: prepare("fashion-mnist", size=32, out=str(fmnist), progress=False))
+    seconds, result = timed(lambda: prepare("fashion-mnist", options=PrepareOptions(size=32), out=str(fmnist), progress=False))
     count = result.manifest["count"]
     print(f"fashion-mnist 28->32 px, 1 ch: {count} images in {seconds:.2f} s = {count / seconds:,.0f} images/s "
           f"({len(result.manifest['shards'])} shards)")
 
     write_stl10(work / "stl10-src", train=1000, test=10, unlabeled=4000)
-    seconds, result = timed(lambda: prepare("stl10", size=64, source_dir=str(work / "stl10-src"), out=str(work / "stl10-64px"), progress=False))
+    seconds, result = timed(lambda: prepare("stl10", options=PrepareOptions(size=64, source_dir=str(work / "stl10-src")), out=str(work / "stl10-64px"), progress=False))
     count = result.manifest["count"]
     print(f"stl10 format 96->64 px, 3 ch:  {count} images in {seconds:.2f} s = {count / seconds:,.0f} images/s "
           f"({len(result.manifest['shards'])} shards)")
@@ -158,7 +159,7 @@ def bench_train_input(prepared: Path, work: Path) -> None:
     from pipelines.train import training_dataset
 
     print(f"\n== train input: seconds per epoch through a train worker's shard, batch {BATCH} ==")
-    small = prepare("fashion-mnist", size=32, limit=512, out=str(work / "fmnist-512"), progress=False).out
+    small = prepare("fashion-mnist", options=PrepareOptions(size=32, limit=512), out=str(work / "fmnist-512"), progress=False).out
     ray.data.DataContext.get_current().enable_progress_bars = False
     print(f"{'images':>8} {'path':<28} {'epoch 1':>9} {'epochs 2-4':>11}")
     for directory in (small, str(prepared)):

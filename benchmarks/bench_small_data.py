@@ -48,6 +48,7 @@ from wgan.data.reader import pixels_to_tensor  # noqa: E402
 from wgan.data.rows import dataset_labels, read_rows, split_manifest  # noqa: E402
 from wgan.data.shards import write_shard  # noqa: E402
 from wgan.metrics import feature_statistics, frechet_distance_from_statistics  # noqa: E402
+from pipelines.stage_options import AugmentOptions  # noqa: E402
 
 CONFIG = TrainConfig(loss="wgan-gp", width=32, batch=64, n_critic=2, lr=4e-4, conditional=True)
 SAMPLES_PER_CLASS = 1000
@@ -112,8 +113,7 @@ def main() -> None:
         run = RunSettings(workers=2, log_every=50, sample_every=args.steps, checkpoint_every=args.steps)
         result = train(cfg, subset, run=run, experiment="bench-small-data", progress=False)
         fd, agreement = score(result.run_id, classifier, mu, sigma, classes)
-        experiment = augment_experiment(args.data, real_per_class=args.real_per_class, runs=[result.run_id],
-                                        seeds=args.seeds, steps=args.augment_steps, experiment="bench-small-data")
+        experiment = augment_experiment(args.data, options=AugmentOptions(real_per_class=args.real_per_class, seeds=args.seeds, steps=args.augment_steps), runs=[result.run_id], experiment="bench-small-data")
         rows.append((augment, result.run_id, fd, agreement, experiment))
         print(f"augment {augment}: run {result.run_id} FD {fd:.3f}, experiment run {experiment.run_id}", flush=True)
 

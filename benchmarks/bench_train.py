@@ -72,6 +72,7 @@ from wgan.config import RunSettings, TrainConfig  # noqa: E402
 from wgan.networks import build_critic, build_generator  # noqa: E402
 from wgan.precision import cpu_has_bf16  # noqa: E402
 from wgan.step import TrainStep, build_optimizers  # noqa: E402
+from pipelines.stage_options import PrepareOptions  # noqa: E402
 
 CHANNELS = {28: 1, 32: 3, 64: 3}
 Step = Callable[[list[torch.Tensor]], None]  # one generator step on n_critic real batches
@@ -257,7 +258,7 @@ def ray_setup(data_dir: str | None, work: Path, stream: bool) -> str:
         pipelines.train.MATERIALIZE_MAX_SHARE = 0.0
     init_ray()
     if data_dir is None:  # a second call finds it up to date
-        data_dir = prepare("fashion-mnist", size=28, splits=["train"], out=str(work / "fm28"), progress=False).out
+        data_dir = prepare("fashion-mnist", options=PrepareOptions(size=28, splits=["train"]), out=str(work / "fm28"), progress=False).out
     return data_dir
 
 

@@ -45,9 +45,9 @@ from wgan.config import TrainConfig  # noqa: E402
 def sweep(scheduler: str, args, storage: str) -> dict:
     started = time.perf_counter()
     settings = SweepSettings(trials=args.trials, scheduler=scheduler, steps=args.steps, reports=args.reports,
-                             seed=args.seed)
-    result = tune_sweep(args.data, sweep=settings, experiment=f"bench-tune-{scheduler}", classifier_run=args.classifier,
-                        base=TrainConfig(width=16, batch=64, seed=0), storage_path=storage)
+                             seed=args.seed, classifier=args.classifier, storage_path=storage)
+    result = tune_sweep(args.data, sweep=settings, experiment=f"bench-tune-{scheduler}",
+                        base=TrainConfig(width=16, batch=64, seed=0))
     return summary(result.trials, time.perf_counter() - started, args)
 
 

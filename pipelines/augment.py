@@ -31,6 +31,7 @@ from pipelines import tracking
 from pipelines.tracking import run_tags
 from pipelines.cluster.batch_inference import latents
 from pipelines.cluster.connect import check_address, init_ray
+from pipelines.stage_options import AugmentOptions
 
 STAGE = "augment"
 BATCH = 64
@@ -51,14 +52,13 @@ def arm_labels(losses: dict[str, str]) -> dict[str, str]:
     return {run_id: loss if list(losses.values()).count(loss) == 1 else f"{loss}-{run_id[:8]}"
             for run_id, loss in losses.items()}
 
-def augment_experiment(data_dir: str, *, real_per_class: int, runs: list[str], synthetic_per_class: int | None = None,
-                       seeds: int = 3, steps: int = 1500, experiment: str = "wganctl-augment",
+def augment_experiment(data_dir: str, runs: list[str], options: AugmentOptions, *, experiment: str = "wganctl-augment",
                        address: str | None = None) -> AugmentResult:
-    """Classifier accuracy on the real test split, trained on real data alone and on real plus each run's samples."""
-    if real_per_class < 1 or seeds < 1 or steps < 1:
-        raise UserError("--real-per-class, --seeds and --steps must be >= 1")
-    if synthetic_per_class is not None and synthetic_per_class < 1:
-        raise UserError(f"--synthetic-per-class must be >= 1 (default: --real-per-class), got {synthetic_per_class}")
+    """Classifier accuracy on the real test split, trained on real data alone and on real plus each run's samples
+    (``options``: `AugmentOptions`, how many real and synthetic images per class, how many trainings)."""
+    options = options.validate()
+    real_per_class, seeds, steps = options.real_per_class, options.seeds, options.steps
+    synthetic_per_class = options.synthetic_per_class
     synthetic_per_class = synthetic_per_class or real_per_class
     tracking.check_experiment_name(experiment)
     repeated = sorted({run_id for run_id in runs if runs.count(run_id) > 1})

@@ -28,6 +28,7 @@ from wgan.errors import UserError
 from wgan.metrics import frechet_distance
 from pipelines import tracking
 from pipelines.tracking import run_tags
+from pipelines.stage_options import ClassifierOptions
 
 STAGE = "classifier"
 MODEL_NAME = "classifier"
@@ -130,19 +131,18 @@ def _log_model(client: MlflowClient, run_id: str, model: Classifier) -> str:
     return info.model_uri
 
 
-def train_classifier(data_dir: str, *, epochs: int = 4, batch: int = 128, lr: float = 2e-3, seed: int = 0,
-                     train_split: str = "train", test_split: str = "test", experiment: str = "wganctl",
+def train_classifier(data_dir: str, options: ClassifierOptions | None = None, *, experiment: str = "wganctl",
                      progress: bool = True) -> ClassifierResult:
-    """Train the project classifier on ``train_split``, measure it on ``test_split``, log both as one MLflow run.
+    """Train the project classifier on ``options.train_split``, measure it on ``options.test_split``, log
+    both as one MLflow run.
 
     A dataset without a test split (e.g. prepared with ``--split train``) needs
     ``test_split="train"``: the accuracy is then on training images, and the run says so
     in its ``test_split`` parameter.
     """
-    if epochs < 1 or batch < 1 or not lr > 0:
-        raise UserError("--epochs and --batch must be >= 1 and --lr > 0")
-    if seed < 0:
-        raise UserError(f"--seed must be zero or positive, not {seed}")
+    options = (options or ClassifierOptions()).validate()
+    epochs, batch, lr, seed = options.epochs, options.batch, options.lr, options.seed
+    train_split, test_split = options.train_split, options.test_split
     tracking.check_experiment_name(experiment)
     manifest = load_manifest(data_dir, verify=True)
     if not manifest["class_names"]:

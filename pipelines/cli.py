@@ -20,9 +20,12 @@ import typer.core
 
 from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError, no_space
-from pipelines.cli_options import config_values, knob_options
+from pipelines.cli_options import Only, config_values, knob_options, stage_options
 from pipelines.cluster import console
 from pipelines.search_space import SweepSettings
+from pipelines.stage_options import (AugmentOptions, ClassifierOptions, EvaluateOptions, InterpolateOptions,
+                                     PrepareOptions, SampleOptions)
+from pipelines.stage_options import ServerSettings
 
 try:  # the Click that Typer parses with: its own copy since Typer 0.2x, else the installed one
     from typer._click import exceptions as _click_errors
@@ -69,6 +72,10 @@ app = typer.Typer(
 ADDRESS_HELP = "Ray cluster address: host:port, auto or ray://host:10001 (default: RAY_ADDRESS, else a local Ray)"
 CHECKPOINT_HELP = ("the generator of the run's checkpoint at this step, or best (the one Ray Train ranked best by "
                    "eval/fd: train --eval-every), not its logged final model")
+CONFIG_OPTION = typer.Option(None, "--config", help="YAML/JSON file of this command's options, keyed by option name "
+                             "with _ (options given here win)")
+# The train options a sweep's trials share unless its space sweeps them, declared where train declares them.
+TUNE_TRAIN_OPTIONS = Only(TrainConfig, ("width", "batch"))
 RUN_HELP = ("MLflow run id of a training run, or a registered version of its generator: models:/NAME@ALIAS "
             "(e.g. models:/NAME@champion after `tune --register NAME`) or models:/NAME/VERSION")
 
@@ -117,39 +124,22 @@ def echo_ui_hint(run_id: str) -> None:
 
 @app.command()
 @user_errors_exit_2
+@knob_options(PrepareOptions)
 def prepare(
     dataset: str = typer.Argument(..., help="fashion-mnist, mnist, cifar10, stl10, or imagefolder"),
     path: Optional[str] = typer.Argument(None, help="the image folder (with DATASET=imagefolder)"),
-    size: int = typer.Option(32, "--size", help="output side length in pixels (antialiased resize)"),
-    channels: Optional[int] = typer.Option(None, "--channels", help="1 or 3 (default: the dataset's own)"),
-    split: Optional[List[str]] = typer.Option(None, "--split", help="source split(s) to include; repeatable"),
-    limit: Optional[int] = typer.Option(None, "--limit", help="keep a random subset of N images"),
-    seed: int = typer.Option(0, "--seed", help="seed of the --limit subset"),
-    source_dir: Optional[str] = typer.Option(None, "--source-dir", help="read a local copy of the dataset from here"),
     out: Optional[str] = typer.Option(None, "--out", help="output directory (default data/<dataset>-<size>px)"),
     force: bool = typer.Option(False, "--force", help="rebuild even if an identical dataset exists"),
-    strict: bool = typer.Option(False, "--strict", help="fail on a corrupt image instead of skipping it"),
+    config: Optional[Path] = CONFIG_OPTION,
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    **knob_values,
 ) -> None:
     """Read an image dataset, resize it, and write parquet shards plus manifest.json."""
     from pipelines.prepare import prepare as run_prepare
 
-    result = run_prepare(
-        dataset,
-        path=path,
-        size=size,
-        channels=channels,
-        splits=split or None,
-        limit=limit,
-        seed=seed,
-        source_dir=source_dir,
-        out=out,
-        force=force,
-        strict=strict,
-        progress=not quiet,
-        address=address,
-    )
+    options = stage_options(PrepareOptions, config, knob_values)
+    result = run_prepare(dataset, path, options=options, out=out, force=force, progress=not quiet, address=address)
     if result.up_to_date:
         typer.echo(f"{result.out} is up to date ({result.manifest['count']} images); use --force to rebuild it")
         return
@@ -193,17 +183,17 @@ def train(
     """Train WGAN, WGAN-GP, a standard or a hinge GAN on Ray Train; every run is logged to MLflow."""
     if verbose:
         console.verbose()
-    from pipelines.train import TrainingFailed, fd_lines, train as run_train
+    from pipelines.train import Resume, TrainingFailed, fd_lines, train as run_train
 
     values = config_values(config, knob_values, TrainConfig, RunSettings)
     if resume:
         cfg, settings = None, _resumed_train_settings(resume, values)
-        steps = values["TrainConfig"].get("steps")
+        resumed = Resume(resume, steps=values["TrainConfig"].get("steps"))
     else:
-        cfg, settings, steps = TrainConfig.from_dict(values["TrainConfig"]), RunSettings(**values["RunSettings"]), None
+        cfg, settings, resumed = TrainConfig.from_dict(values["TrainConfig"]), RunSettings(**values["RunSettings"]), None
     try:
-        result = run_train(cfg, data, run=settings, experiment=experiment, resume=resume, steps=steps,
-                           address=address, progress=not quiet, verbose=verbose)
+        result = run_train(cfg, data, run=settings, experiment=experiment, resume=resumed, address=address,
+                           progress=not quiet)
     except TrainingFailed as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(code=1)
@@ -215,70 +205,64 @@ def train(
 
 @app.command()
 @user_errors_exit_2
+@knob_options(SampleOptions)
 def sample(
     run_id: str = typer.Argument(..., help=RUN_HELP),
-    n: int = typer.Option(64, "--n", help="number of images"),
     out: Path = typer.Option(Path("samples.png"), "--out", help="FILE.png (a grid) or FILE.npy (uint8 N x H x W x C)"),
-    seed: int = typer.Option(0, "--seed", help="latent seed"),
-    label: Optional[int] = typer.Option(None, "--class", help="class index to draw (a --conditional run; default: classes in turn)"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+    config: Optional[Path] = CONFIG_OPTION,
+    **knob_values,
 ) -> None:
     """Draw images from a run's logged generator (or one of its checkpoints')."""
     from pipelines.sample import sample as run_sample
 
-    typer.echo(str(run_sample(run_id, n, out, seed=seed, label=label, checkpoint=checkpoint)))
+    options = stage_options(SampleOptions, config, knob_values)
+    typer.echo(str(run_sample(run_id, out, options, checkpoint=checkpoint)))
 
 
 @app.command()
 @user_errors_exit_2
+@knob_options(InterpolateOptions)
 def interpolate(
     run_id: str = typer.Argument(..., help=RUN_HELP),
     out: Path = typer.Option(Path("interpolation.png"), "--out", help="output PNG"),
-    rows: int = typer.Option(8, "--rows", help="interpolation paths"),
-    steps: int = typer.Option(10, "--steps", help="images per path"),
-    seed: int = typer.Option(0, "--seed", help="latent seed"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+    config: Optional[Path] = CONFIG_OPTION,
+    **knob_values,
 ) -> None:
     """A strip of spherical latent interpolations from a run's logged generator (or one of its checkpoints')."""
     from pipelines.sample import interpolate as run_interpolate
 
-    typer.echo(str(run_interpolate(run_id, out, rows=rows, steps=steps, seed=seed, checkpoint=checkpoint)))
+    options = stage_options(InterpolateOptions, config, knob_values)
+    typer.echo(str(run_interpolate(run_id, out, options, checkpoint=checkpoint)))
 
 
 @app.command()
 @user_errors_exit_2
-@knob_options(SweepSettings)
+@knob_options(SweepSettings, TUNE_TRAIN_OPTIONS)
 def tune(
     data: str = typer.Option(..., "--data", help="prepared dataset directory"),
-    space: Optional[Path] = typer.Option(None, "--space", help="YAML search space (default: lambda, clip, n_critic, lr, loss around the papers' values)"),
-    width: Optional[int] = typer.Option(None, "--width", help="network width of every trial (unless swept)"),
-    batch: Optional[int] = typer.Option(None, "--batch", help="global batch of every trial (unless swept)"),
-    classifier: Optional[str] = typer.Option(None, "--classifier", help="MLflow run id of the classifier whose features score samples"),
     experiment: str = typer.Option("wganctl-tune", "--experiment", help="MLflow experiment"),
-    register: Optional[str] = typer.Option(None, "--register", help="register the best generator under this model name"),
-    alias: Optional[str] = typer.Option(None, "--alias", help="with --register: the alias set on the new version, "
-                                        "models:/NAME@ALIAS then names it (default: champion)"),
     resume: bool = typer.Option(False, "--resume", help="continue the experiment's interrupted sweep"),
-    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="trial checkpoints and Tune's state: local dir, s3://, shared FS (./ray_results)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON file of sweep options and of the train "
+                                          "options every trial starts from, keyed by option name with _ (options "
+                                          "given here win)"),
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
     **knob_values,
 ) -> None:
     """Sweep WGAN knobs on Ray Tune; every trial is a train run nested under one MLflow sweep run."""
     from pipelines.tune import tune_sweep
 
-    if alias is not None and not register:
-        raise UserError(f"--alias {alias} names the version that --register registers: add --register NAME, or drop --alias")
-    alias = alias or "champion"
-    base = TrainConfig(**{k: v for k, v in {"width": width, "batch": batch}.items() if v is not None})
-    sweep = SweepSettings(**{k: v for k, v in knob_values.items() if v is not None})
-    result = tune_sweep(data, sweep=sweep, space_file=str(space) if space else None, base=base,
-                        experiment=experiment, register=register, alias=alias, resume=resume, classifier_run=classifier,
-                        storage_path=storage_path, address=address)
+    values = config_values(config, knob_values, TrainConfig, SweepSettings)
+    sweep = SweepSettings(**values["SweepSettings"]).validate()
+    base = TrainConfig.from_dict(values["TrainConfig"])
+    result = tune_sweep(data, sweep, base, experiment=experiment, resume=resume, address=address)
     typer.echo(f"sweep run {result.parent_run_id}: {len(result.trials)} trials")
     if result.best_run_id:
         typer.echo(f"best trial run {result.best_run_id}: Frechet distance {result.best_objective:.3f} with {result.best_config}")
     if result.registered_version:
-        typer.echo(f"registered {register} version {result.registered_version} as models:/{register}@{alias}")
+        typer.echo(f"registered {sweep.register} version {result.registered_version} as "
+                   f"models:/{sweep.register}@{sweep.registered_alias}")
     echo_ui_hint(result.parent_run_id)
 
 
@@ -296,47 +280,39 @@ def quickstart(
 
 @app.command("train-classifier")
 @user_errors_exit_2
+@knob_options(ClassifierOptions)
 def train_classifier(
     data: str = typer.Argument(..., help="prepared, labelled dataset directory (from `wganctl prepare`)"),
-    epochs: int = typer.Option(4, "--epochs", help="passes over the train split"),
-    batch: int = typer.Option(128, "--batch", help="images per step"),
-    lr: float = typer.Option(2e-3, "--lr", help="peak learning rate of the one-cycle schedule"),
-    test_split: str = typer.Option("test", "--test-split", help="split to measure accuracy on (train: when there is no test split)"),
-    seed: int = typer.Option(0, "--seed", help="random seed"),
     experiment: str = typer.Option("wganctl", "--experiment", help="MLflow experiment"),
+    config: Optional[Path] = CONFIG_OPTION,
     quiet: bool = typer.Option(False, "--quiet", help="no per-epoch lines"),
+    **knob_values,
 ) -> None:
     """Train the project classifier whose features `wganctl evaluate` measures in; logged as its own MLflow run."""
     from pipelines.classifier import train_classifier as run_train_classifier
 
-    result = run_train_classifier(data, epochs=epochs, batch=batch, lr=lr, seed=seed, test_split=test_split,
-                                  experiment=experiment, progress=not quiet)
+    options = stage_options(ClassifierOptions, config, knob_values)
+    result = run_train_classifier(data, options, experiment=experiment, progress=not quiet)
     floor = "" if result.fd_test_vs_train is None else f"; FD(test, train) floor {result.fd_test_vs_train:.4g}"
     typer.echo(f"classifier run {result.run_id}: test accuracy {result.test_accuracy:.4f}{floor}")
 
 
 @app.command()
 @user_errors_exit_2
+@knob_options(EvaluateOptions)
 def evaluate(
     run_id: str = typer.Argument(..., help=RUN_HELP),
-    n: int = typer.Option(10000, "--n", help="number of samples"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated: fid, kid, pr, coverage, is (default fid,kid,pr,coverage; with inception fid,kid,pr,is)"),
-    features: str = typer.Option("classifier", "--features", help="classifier (the project classifier, offline) or inception (InceptionV3, numbers comparable with papers)"),
-    inception_weights: Optional[str] = typer.Option(None, "--inception-weights", help="local InceptionV3 weights for --features inception (torch-fidelity's weights-inception-2015-12-05-6726825d.pth)"),
-    classifier: Optional[str] = typer.Option(None, "--classifier", help="classifier run id (default: newest on the same dataset)"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP + "; metrics logged at that step"),
-    seed: int = typer.Option(0, "--seed", help="latent and subset seed"),
+    config: Optional[Path] = CONFIG_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
-    gpu: Optional[bool] = typer.Option(None, "--gpu/--cpu", help="one GPU per sampling/feature actor (default: when the cluster has GPUs)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    **knob_values,
 ) -> None:
     """Measure a run's samples against its training data (FID, KID, precision/recall, class coverage, IS); log into the run."""
     from pipelines.evaluate import evaluate as run_evaluate
 
-    chosen = tuple(m.strip() for m in metrics.split(",") if m.strip()) if metrics else None
-    result = run_evaluate(run_id, n=n, metrics=chosen, features=features, inception_weights=inception_weights,
-                          classifier_run=classifier, seed=seed, checkpoint=checkpoint, address=address, gpu=gpu,
-                          progress=not quiet)
+    options = stage_options(EvaluateOptions, config, knob_values)
+    result = run_evaluate(run_id, options, checkpoint=checkpoint, address=address, progress=not quiet)
     for name, value in result.metrics.items():
         typer.echo(f"{name:24s} {value:.6g}")
     extractor = f"classifier run {result.classifier_run}" if result.classifier_run else "InceptionV3"
@@ -364,25 +340,13 @@ def compare(
 
 @app.command()
 @user_errors_exit_2
-def server(
-    host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (0.0.0.0: every interface; see the warning)"),
-    port: int = typer.Option(5000, "--port", help="TCP port"),
-    backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri", help="runs database: sqlite:///FILE or postgresql://USER@HOST/DB (./mlflow-server.db)"),
-    artifacts_destination: Optional[str] = typer.Option(None, "--artifacts-destination", help="where the server stores artifacts: a directory or s3://BUCKET/PREFIX (./mlartifacts)"),
-    workers: int = typer.Option(2, "--workers", help="server worker processes"),
-    basic_auth: bool = typer.Option(False, "--basic-auth", help="MLflow's basic-auth app: users and passwords (needs MLFLOW_FLASK_SERVER_SECRET_KEY; MLFLOW_AUTH_ADMIN_PASSWORD on first start)"),
-) -> None:
+@knob_options(ServerSettings)
+def server(config: Optional[Path] = CONFIG_OPTION, **knob_values) -> None:
     """Run an MLflow tracking server for Ray clusters: database backend, artifacts served through it."""
-    from pipelines.tracking.server import (
-        ServerSettings,
-        exposure_warning,
-        preflight,
-        serve,
-    )
+    from pipelines.tracking.server import exposure_warning, preflight, serve
 
-    settings = ServerSettings(host=host, port=port, backend_store_uri=backend_store_uri,
-                              artifacts_destination=artifacts_destination, workers=workers,
-                              basic_auth=basic_auth).resolved()
+    settings = stage_options(ServerSettings, config, knob_values).resolved()
+    host, basic_auth = settings.host, settings.basic_auth
     preflight(settings)  # an error is the one line printed: before the warning
     warning = exposure_warning(host, basic_auth)
     if warning:
@@ -401,22 +365,20 @@ app.add_typer(experiment_app, name="experiment")
 
 @experiment_app.command("augment")
 @user_errors_exit_2
+@knob_options(AugmentOptions)
 def augment(
     data: str = typer.Option(..., "--data", help="prepared, labelled dataset with train and test splits"),
-    real_per_class: int = typer.Option(..., "--real-per-class", help="real training images per class"),
     runs: Optional[List[str]] = typer.Option(None, "--runs", help="conditional train runs whose samples are added (one arm each); repeatable"),
-    synthetic_per_class: Optional[int] = typer.Option(None, "--synthetic-per-class", help="synthetic images per class and run (default: --real-per-class)"),
-    seeds: int = typer.Option(3, "--seeds", help="trainings per arm (the spread)"),
-    steps: int = typer.Option(1500, "--steps", help="classifier optimizer steps per training (batch 64)"),
     experiment: str = typer.Option("wganctl-augment", "--experiment", help="MLflow experiment"),
+    config: Optional[Path] = CONFIG_OPTION,
     address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP),
+    **knob_values,
 ) -> None:
     """Train the classifier on N real images per class, alone and plus each run's samples; compare real-test accuracy."""
     from pipelines.augment import augment_experiment
 
-    result = augment_experiment(data, real_per_class=real_per_class, runs=runs or [],
-                                synthetic_per_class=synthetic_per_class, seeds=seeds, steps=steps,
-                                experiment=experiment, address=address)
+    options = stage_options(AugmentOptions, config, knob_values)
+    result = augment_experiment(data, runs or [], options, experiment=experiment, address=address)
     typer.echo(f"{'arm':<16} {'accuracy':>9} {'spread':>8}")
     for arm, (mean, spread) in result.summary.items():
         typer.echo(f"{arm:<16} {mean:>9.4f} {spread:>8.4f}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,8 +23,22 @@ from wgan.errors import UserError
 from wgan.knobs import Knob, knobs
 
 
-def cli_knobs(*classes: type) -> list[Knob]:
-    return [k for cls in classes for k in knobs(cls) if k.cli]
+@dataclass(frozen=True)
+class Only:
+    """Some of a class's knobs: `wganctl tune` takes train's ``width`` and ``batch`` as
+    ``Only(TrainConfig, ("width", "batch"))``, declared where train declares them."""
+
+    cls: type
+    names: tuple[str, ...]
+
+
+def cli_knobs(*sources: "type | Only") -> list[Knob]:
+    """The knobs that are CLI options, of whole classes and of `Only` some of a class's."""
+    out = []
+    for source in sources:
+        cls, names = (source.cls, source.names) if isinstance(source, Only) else (source, None)
+        out += [k for k in knobs(cls) if k.cli and (names is None or k.name in names)]
+    return out
 
 
 def option_help(k: Knob) -> str:
@@ -31,7 +46,7 @@ def option_help(k: Knob) -> str:
     return f"{k.help} (default: {k.default_text}{cite})"
 
 
-def knob_options(*classes: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def knob_options(*classes: "type | Only") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the knobs of ``classes`` as options of a Typer command that takes ``**knob_values``."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,6 +77,8 @@ def _fits(value: Any, kind: Any) -> bool:
     """Whether a YAML value can be the knob type ``kind`` (an int is a float; a list is a tuple)."""
     if value is None:
         return True
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_fits(item, typing.get_args(kind)[0]) for item in value)
     if typing.get_origin(kind) is tuple:
         items = typing.get_args(kind)
         return isinstance(value, (list, tuple)) and len(value) == len(items) and all(map(_fits, value, items))
@@ -76,7 +93,8 @@ def _check_types(config_file: Path, values: dict[str, Any], classes: tuple[type,
     """Refuse a config file value of the wrong type (``batch: many``) before a comparison fails on it."""
     for k in (k for cls in classes for k in knobs(cls) if k.name in values):
         if not _fits(values[k.name], k.type):
-            kind = "two numbers" if typing.get_origin(k.type) is tuple else _KIND_WORDS.get(k.type, str(k.type))
+            kind = ("two numbers" if typing.get_origin(k.type) is tuple else "a list of strings"
+                    if typing.get_origin(k.type) is list else _KIND_WORDS.get(k.type, str(k.type)))
             raise UserError(f"config file {config_file}: {k.name} must be {kind}, got {values[k.name]!r}")
 
 
@@ -105,6 +123,13 @@ def config_values(config_file: Path | None, given: dict[str, Any], *classes: typ
     if unknown:
         raise UserError(f"unknown config key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(owners))}")
     out: dict[str, dict[str, Any]] = {cls.__name__: {} for cls in classes}
+    lists = {k.name for cls in classes for k in knobs(cls) if typing.get_origin(k.type) is list}
     for key, value in values.items():
-        out[owners[key]][key] = tuple(value) if isinstance(value, list) else value
+        out[owners[key]][key] = tuple(value) if isinstance(value, list) and key not in lists else value
     return out
+
+
+def stage_options(cls: type, config_file: Path | None, given: dict[str, Any]) -> Any:
+    """A stage's options object (`pipelines.stage_options`): its ``--config`` file's values overridden
+    by the options given, validated."""
+    return cls(**config_values(config_file, given, cls)[cls.__name__]).validate()

@@ -20,8 +20,6 @@ import pyarrow.fs as pafs
 import torch
 from mlflow.tracking import MlflowClient
 
-from wgan.classifier import Classifier
-from wgan.data import fs as datafs
 from wgan.data.rows import dataset_labels, read_rows
 from wgan.data.manifest import file_sha256, load_manifest, manifest_sha256
 from wgan.errors import UserError
@@ -36,10 +34,8 @@ from pipelines.classifier import FEATURE_BATCH, find_classifier, matching_classi
 from pipelines.cluster import checkpoints
 from pipelines.cluster.reference import Reference, reference_features
 from pipelines.cluster.connect import check_placeable, init_ray, through_ray_client
+from pipelines.stage_options import EvaluateOptions
 
-METRICS = ("fid", "kid", "pr", "coverage", "is")
-FEATURES = ("classifier", "inception")
-DEFAULT_METRICS = {"classifier": ("fid", "kid", "pr", "coverage"), "inception": ("fid", "kid", "pr", "is")}
 GRID_IMAGES = 64
 NEIGHBOUR_ROWS, NEIGHBOURS = 8, 5  # memorisation picture: 8 samples, each beside its 5 nearest training images
 
@@ -53,37 +49,25 @@ class EvaluationResult:
 
 
 @through_ray_client
-def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = None,
-             features: str = "classifier", classifier_run: str | None = None, seed: int = 0,
-             inception_weights: str | None = None, checkpoint: int | str | None = None, address: str | None = None,
-             gpu: bool | None = None, progress: bool = True) -> EvaluationResult:
-    """Sample ``n`` images from run ``run_id``'s generator, compute ``metrics`` against its training data, log them.
+def evaluate(run_id: str, options: EvaluateOptions | None = None, *, checkpoint: int | str | None = None,
+             address: str | None = None, progress: bool = True) -> EvaluationResult:
+    """Sample ``options.n`` images from run ``run_id``'s generator, compute ``options.metrics`` against its
+    training data, and log them into the run.
 
     ``run_id``: a run id, or a registered version's ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``
     URI, which names (and logs into) that version's source run.
 
-    ``features``: ``classifier`` (the project classifier, offline) or ``inception`` (InceptionV3
-    as the literature uses it, from the local ``inception_weights`` file). ``address``: the Ray
-    cluster to sample and embed on (default RAY_ADDRESS, else a local Ray); ``gpu``: one GPU per
-    sampling/embedding actor (default: when the cluster has GPUs); ``checkpoint``: evaluate the generator of the run's checkpoint at
-    that step, or ``best`` (the one Ray Train ranked best by eval/fd, `train --eval-every`), instead of its
-    logged model (metrics are logged at that step: a quality curve);
-    ``progress``: show the samples drawn and the reference features embedded (`pipelines.cluster.progress`)."""
-    if features not in FEATURES:
-        raise UserError(f"unknown feature extractor {features!r}: choose from {', '.join(FEATURES)}")
-    metrics = tuple(metrics or DEFAULT_METRICS[features])
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown or not metrics:
-        raise UserError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}: choose from {', '.join(METRICS)}")
-    if n < 20:
-        raise UserError(f"--n must be at least 20 (precision/recall, KID and IS need several samples), got {n}")
+    ``options`` (`EvaluateOptions`): ``features`` ``classifier`` (the project classifier, offline) or
+    ``inception`` (InceptionV3 as the literature uses it, from the local ``inception_weights`` file);
+    ``gpu``: one GPU per sampling/embedding actor (default: when the cluster has GPUs).
+    ``address``: the Ray cluster to sample and embed on (default RAY_ADDRESS, else a local Ray);
+    ``checkpoint``: evaluate the generator of the run's checkpoint at that step, or ``best`` (the one
+    Ray Train ranked best by eval/fd, `train --eval-every`), instead of its logged model (metrics are
+    logged at that step: a quality curve); ``progress``: show the samples drawn and the reference
+    features embedded (`pipelines.cluster.progress`)."""
+    options = (options or EvaluateOptions()).validate()
+    n, metrics, features, seed = options.n, options.chosen_metrics, options.features, options.seed
     inception = features == "inception"
-    if inception and "coverage" in metrics:
-        raise UserError("class coverage counts the project classifier's predictions: "
-                        "drop coverage from --metrics, or use --features classifier")
-    if inception and not inception_weights:
-        raise UserError("--features inception needs --inception-weights FILE: torch-fidelity's "
-                        "weights-inception-2015-12-05-6726825d.pth, downloaded where a network exists")
     client = tracking.client(needs=f"MLflow run {run_id!r}")
     run = tracking.get_run(client, run_id)
     run_id = run.info.run_id  # a models:/ URI names its version's source run: evaluate logs there
@@ -93,22 +77,16 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     manifest = _training_manifest(run, data_dir, labels_needed=not inception)
     tags = {"eval.features": features, "eval.n": str(n), "eval.seed": str(seed), "eval.metrics": ",".join(metrics)}
     if inception:
-        extractor = inception_extractor(inception_weights)
-        key = f"inception-{file_sha256(pafs.LocalFileSystem(), inception_weights)[:16]}"
-        tags["eval.inception_weights"] = Path(inception_weights).name
+        extractor = inception_extractor(options.inception_weights)
+        key = f"inception-{file_sha256(pafs.LocalFileSystem(), options.inception_weights)[:16]}"
+        tags["eval.inception_weights"] = Path(options.inception_weights).name
     else:
-        classifier_run = classifier_run or find_classifier(client, manifest)
+        classifier_run = options.classifier or find_classifier(client, manifest)
         extractor = classifier_extractor(matching_classifier(client, classifier_run, manifest, f"run {run_id}"))
         key = f"classifier-{classifier_run}"
         tags["eval.classifier_run"] = classifier_run
     saved = None if checkpoint is None else checkpoints.of_run(run, checkpoint)
-    local = init_ray(address)
-    if gpu is None:
-        import ray
-
-        gpu = ray.cluster_resources().get("GPU", 0) > 0
-    elif gpu:
-        check_placeable({"GPU": 1}, 1, local=local)
+    gpu = _use_gpu(options.gpu, local=init_ray(address))
     reference, cache = reference_features(data_dir, extractor, key, manifest, gpu=gpu, progress=progress)
 
     if checkpoint is None:
@@ -122,23 +100,7 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
         tags["eval.checkpoint_step"] = str(step)
     drawn = sample_and_embed(generator, n, seed, extractor, gpu=gpu, progress=progress)
     images, sample_features, sample_logits = drawn["image"], drawn["features"], drawn["logits"]
-    prefix = "eval/inception/" if inception else "eval/"
-    results = {}
-    if "fid" in metrics:
-        results[prefix + "fid"] = frechet_distance_from_statistics(*feature_statistics(sample_features),
-                                                                   reference.mu, reference.sigma)
-    if "kid" in metrics:
-        results[prefix + "kid_mean"], results[prefix + "kid_std"] = kernel_inception_distance(
-            sample_features, reference.features, seed=seed)
-    if "pr" in metrics:
-        # equally sized sets, as Kynkäänniemi et al. 2019 compare them
-        subset = np.random.default_rng(seed).choice(len(reference.features), min(n, len(reference.features)),
-                                                    replace=False)
-        results[prefix + "precision"], results[prefix + "recall"] = precision_recall(
-            sample_features, reference.features[subset])
-    if "is" in metrics:
-        probabilities = torch.from_numpy(sample_logits).double().softmax(1).numpy()
-        results[prefix + "is_mean"], results[prefix + "is_std"] = inception_score(probabilities)
+    results = distances(drawn, reference, metrics, seed, prefix="eval/inception/" if inception else "eval/")
     coverage = None if inception else class_coverage(sample_logits.argmax(1), len(manifest["class_names"]))
     num_classes = int(run.data.params.get("num_classes", 0) or 0)
     if num_classes and not inception:
@@ -159,6 +121,42 @@ def evaluate(run_id: str, *, n: int = 10000, metrics: tuple[str, ...] | None = N
     _log_pictures(client, run_id, images, sample_features, reference.features, data_dir, manifest, coverage)
     return EvaluationResult(run_id=run_id, metrics=results, classifier_run=tags.get("eval.classifier_run"),
                             reference=cache)
+
+
+def _use_gpu(gpu: bool | None, local: bool) -> bool:
+    """--gpu/--cpu as given (a GPU refused here when the cluster has none), else a GPU where the cluster has one."""
+    if gpu is None:
+        import ray
+
+        return ray.cluster_resources().get("GPU", 0) > 0
+    if gpu:
+        check_placeable({"GPU": 1}, 1, local=local)
+    return gpu
+
+
+def distances(drawn: dict[str, np.ndarray], reference: Reference, metrics: tuple[str, ...], seed: int,
+              prefix: str = "eval/") -> dict[str, float]:
+    """The distribution metrics of samples (``drawn``: their features and logits) to the reference
+    features: FID (Heusel et al. 2017), KID (Binkowski et al. 2018), precision/recall (Kynkaanniemi et
+    al. 2019) and IS (Salimans et al. 2016), those named in ``metrics``, keyed as logged."""
+    sample_features, sample_logits, n = drawn["features"], drawn["logits"], len(drawn["features"])
+    results = {}
+    if "fid" in metrics:
+        results[prefix + "fid"] = frechet_distance_from_statistics(*feature_statistics(sample_features),
+                                                                   reference.mu, reference.sigma)
+    if "kid" in metrics:
+        results[prefix + "kid_mean"], results[prefix + "kid_std"] = kernel_inception_distance(
+            sample_features, reference.features, seed=seed)
+    if "pr" in metrics:
+        # equally sized sets, as Kynkäänniemi et al. 2019 compare them
+        subset = np.random.default_rng(seed).choice(len(reference.features), min(n, len(reference.features)),
+                                                    replace=False)
+        results[prefix + "precision"], results[prefix + "recall"] = precision_recall(
+            sample_features, reference.features[subset])
+    if "is" in metrics:
+        probabilities = torch.from_numpy(sample_logits).double().softmax(1).numpy()
+        results[prefix + "is_mean"], results[prefix + "is_std"] = inception_score(probabilities)
+    return results
 
 
 def _per_class(intended: np.ndarray, predicted: np.ndarray, features: np.ndarray, reference: Reference,

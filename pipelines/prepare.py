@@ -41,6 +41,7 @@ from wgan.data.manifest import ENCODING, FORMAT_VERSION, MANIFEST_NAME, load_man
 from wgan.data.parts import LoadedSource, Part, ShardPlan, plan_shards, rows_per_shard_for, select_rows
 from wgan.data.shards import ShardSummary, encode_shard, write_shard
 from wgan.errors import OutOfSpace, UserError, no_space
+from pipelines.stage_options import PrepareOptions
 
 IMAGEFOLDER = "imagefolder"
 _TMP_MARK = ".tmp-"
@@ -59,30 +60,26 @@ def prepare(
     dataset: str,
     path: str | None = None,
     *,
-    size: int = 32,
-    channels: int | None = None,
-    splits: list[str] | None = None,
-    limit: int | None = None,
-    seed: int = 0,
-    source_dir: str | None = None,
+    options: PrepareOptions | None = None,
     out: str | None = None,
     force: bool = False,
-    strict: bool = False,
     progress: bool = True,
-    rows_per_shard: int | None = None,
     address: str | None = None,
 ) -> PrepareResult:
     """Prepare ``dataset`` (fashion-mnist, mnist, cifar10, stl10, or imagefolder with ``path``) into ``out``.
 
-    Same parameters as an existing dataset at ``out``: nothing is done. Other
-    parameters: UserError unless ``force``. Corrupt images in a folder are skipped
-    and listed in the manifest, or fail the run with ``strict``. ``address``: a Ray
+    ``options`` (`PrepareOptions`): the size, channels, splits and subset, as the manifest
+    records them. Same options as an existing dataset at ``out``: nothing is done. Other
+    options: UserError unless ``force``. Corrupt images in a folder are skipped and listed
+    in the manifest, or fail the run with ``options.strict``. ``address``: a Ray
     cluster to encode on (default RAY_ADDRESS, else a local Ray); ``out`` must then be
     storage every node sees (a shared filesystem or a pyarrow URI such as s3://).
     """
     from wgan.data.sources import load_dataset  # here, not at the top: Ray workers import this module and need no torchvision
 
-    params = _validated_params(dataset, path, size, channels, splits, limit, seed, source_dir, strict, rows_per_shard)
+    options = (options or PrepareOptions()).validate()
+    params = _validated_params(dataset, path, options)
+    size, limit, seed = options.size, options.limit, options.seed
     out = datafs.absolute(out or default_out(dataset, path, size))
     problem = datafs.cannot_write(out)
     if problem:
@@ -93,10 +90,10 @@ def prepare(
     if existing is not None:
         return PrepareResult(out, existing, up_to_date=True)
 
-    source = load_image_folder(params["path"]) if dataset == IMAGEFOLDER else load_dataset(dataset, params["splits"], source_dir)
+    source = load_image_folder(params["path"]) if dataset == IMAGEFOLDER else load_dataset(dataset, params["splits"], options.source_dir)
     parts = select_rows(source.parts, limit, seed)
     row_bytes = size * size * params["channels"]
-    plans = plan_shards(parts, rows_per_shard or rows_per_shard_for(sum(len(p) for p in parts), row_bytes))
+    plans = plan_shards(parts, options.rows_per_shard or rows_per_shard_for(sum(len(p) for p in parts), row_bytes))
 
     needed = _check_space(out, parts, size, params["channels"])
 
@@ -111,7 +108,7 @@ def prepare(
             raise OutOfSpace(f"--out {out}: no space left on device while writing the shards (about "
                              f"{_megabytes(needed)} needed): free space there or give another --out; "
                              f"nothing was kept") from err
-        if strict and unreadable:
+        if options.strict and unreadable:
             bad_path, reason = unreadable[0]
             raise UserError(f"{bad_path}: unreadable image ({reason}); fix or remove it, or drop --strict to skip unreadable images")
         if not shards:
@@ -163,18 +160,7 @@ def default_out(dataset: str, path: str | None, size: int) -> str:
     return f"data/{name}-{size}px"
 
 
-def _validated_params(
-    dataset: str,
-    path: str | None,
-    size: int,
-    channels: int | None,
-    splits: list[str] | None,
-    limit: int | None,
-    seed: int,
-    source_dir: str | None,
-    strict: bool,
-    rows_per_shard: int | None,
-) -> dict[str, Any]:
+def _validated_params(dataset: str, path: str | None, options: PrepareOptions) -> dict[str, Any]:
     """The parameters, checked and resolved (channels, splits, absolute paths), as recorded in manifest['params']."""
     from wgan.data.sources import DATASETS
 
@@ -183,38 +169,29 @@ def _validated_params(
     if dataset == IMAGEFOLDER:
         if not path:
             raise UserError("imagefolder needs the folder: wganctl prepare imagefolder PATH")
-        if source_dir:
-            raise UserError("--source-dir is for the named datasets; give the image folder as PATH")
         known_splits, default_splits, own_channels = ("train",), ("train",), 3
     else:
         if path:
             raise UserError(f"{dataset} takes no PATH; to read a local copy of its files use --source-dir DIR")
         named = DATASETS[dataset]
         known_splits, default_splits, own_channels = named.splits, named.default_splits, named.channels
-    if size < 1:
-        raise UserError(f"--size must be a positive number of pixels, not {size}")
-    if channels not in (None, 1, 3):
-        raise UserError(f"--channels must be 1 or 3, not {channels}")
+    source_dir, splits = options.source_dir, options.splits
+    if dataset == IMAGEFOLDER and source_dir:
+        raise UserError("--source-dir is for the named datasets; give the image folder as PATH")
     unknown = [split for split in splits or () if split not in known_splits]
     if unknown:
         raise UserError(f"{dataset} has no split {unknown[0]!r}; choose from: {', '.join(known_splits)}")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be at least 1, not {limit}")
-    if seed < 0:
-        raise UserError(f"--seed must be zero or positive, not {seed}")
-    if rows_per_shard is not None and rows_per_shard < 1:
-        raise UserError(f"rows_per_shard must be at least 1, not {rows_per_shard}")
     return {
         "dataset": dataset,
         "path": datafs.absolute(path) if path else None,
-        "size": size,
-        "channels": channels or own_channels,
+        "size": options.size,
+        "channels": options.channels or own_channels,
         "splits": [split for split in known_splits if split in (splits or default_splits)],
-        "limit": limit,
-        "seed": seed,
+        "limit": options.limit,
+        "seed": options.seed,
         "source_dir": datafs.absolute(source_dir) if source_dir else None,
-        "strict": strict,
-        "rows_per_shard": rows_per_shard,
+        "strict": options.strict,
+        "rows_per_shard": options.rows_per_shard,
     }
 
 

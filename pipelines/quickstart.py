@@ -58,6 +58,7 @@ from wgan.errors import UserError
 from pipelines import tracking
 from pipelines.prepare import prepare
 from pipelines.train import fd_lines, train
+from pipelines.stage_options import ClassifierOptions, PrepareOptions
 
 DATA_DIR = "data/fashion-mnist-28px"  # train and test splits: the classifier measures its FD floor on the test split
 # Timed from a fresh clone (2026-12-08, 2-core machine with avx512_bf16/amx_bf16, warm pip cache): 696 s in all,
@@ -79,14 +80,15 @@ def quickstart(steps: int | None = None, progress: bool = True):
     train MAIN_JOB with its FD curve, and print where everything is: the run ends measured, and
     `wganctl evaluate RUN` works after it with no other command."""
     # What train would refuse, refused before prepare starts Ray and reads 70,000 images.
-    if steps is not None:
-        dataclasses.replace(MAIN_JOB, steps=steps, image_size=28, channels=1).resolved()
+    job = MAIN_JOB if steps is None else dataclasses.replace(MAIN_JOB, steps=steps)
+    dataclasses.replace(job, image_size=28, channels=1).resolved()
     tracking.check_reachable()
-    prepared = prepare("fashion-mnist", size=28, splits=["train", "test"], out=DATA_DIR, progress=progress)
+    prepared = prepare("fashion-mnist", options=PrepareOptions(size=28, splits=["train", "test"]), out=DATA_DIR,
+                       progress=progress)
     typer.echo(f"data: {prepared.manifest['count']} images in {prepared.out}")
     classifier_run = _classifier(prepared.out, prepared.manifest, progress)
     run = dataclasses.replace(MAIN_JOB_RUN, classifier=classifier_run)
-    result = train(MAIN_JOB, prepared.out, run=run, experiment=EXPERIMENT, progress=progress, steps=steps)
+    result = train(job, prepared.out, run=run, experiment=EXPERIMENT, progress=progress)
     grid_path = result.final_grid.removeprefix("file://")
     typer.echo("")
     typer.echo(f"MLflow run:   {result.run_id}  ({result.tracking_uri})")
@@ -110,7 +112,8 @@ def _classifier(data_dir: str, manifest: dict, progress: bool) -> str:
         pass
     typer.echo(f"classifier: none for {manifest['dataset']} at {manifest['size']} px yet; training one "
                f"({CLASSIFIER_EPOCHS} epochs), whose features measure the samples")
-    result = train_classifier(data_dir, epochs=CLASSIFIER_EPOCHS, experiment=EXPERIMENT, progress=progress)
+    result = train_classifier(data_dir, ClassifierOptions(epochs=CLASSIFIER_EPOCHS), experiment=EXPERIMENT,
+                              progress=progress)
     typer.echo(f"classifier run {result.run_id}: test accuracy {result.test_accuracy:.4f}; "
                f"FD(test, train) floor {result.fd_test_vs_train:.4g}")
     return result.run_id

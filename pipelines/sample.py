@@ -16,6 +16,7 @@ from PIL import Image
 from wgan.errors import UserError
 from wgan.images import grid, interpolation_latents
 from pipelines import tracking
+from pipelines.stage_options import InterpolateOptions, SampleOptions
 
 
 def _check_output(out: str | Path) -> None:
@@ -36,13 +37,13 @@ def save_images(images: np.ndarray, out: str | Path, nrow: int | None = None) ->
     return out
 
 
-def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | None = None,
+def sample(run_id: str, out: str | Path, options: SampleOptions | None = None,
            checkpoint: str | int | None = None) -> Path:
-    """``n`` images of run ``run_id``'s generator (a run id, or a ``models:/NAME@ALIAS`` /
+    """``options.n`` images (`SampleOptions`) of run ``run_id``'s generator (a run id, or a ``models:/NAME@ALIAS`` /
     ``models:/NAME/VERSION`` URI: its source run) into ``out``. ``checkpoint``: the generator of the
     run's checkpoint at that step, or ``best`` (`train --eval-every`), not its logged (final) model."""
-    if n < 1:
-        raise UserError(f"--n must be >= 1, got {n}")
+    options = (options or SampleOptions()).validate()
+    n, seed, label = options.n, options.seed, options.label
     _check_output(out)
     client = tracking.client(needs=f"MLflow run {run_id!r}")
     run_id = tracking.resolve_run_id(client, run_id)
@@ -58,11 +59,12 @@ def sample(run_id: str, n: int, out: str | Path, seed: int = 0, label: int | Non
     return save_images(np.asarray(images, dtype=np.uint8), out)
 
 
-def interpolate(run_id: str, out: str | Path, rows: int = 8, steps: int = 10, seed: int = 0,
+def interpolate(run_id: str, out: str | Path, options: InterpolateOptions | None = None,
                 checkpoint: str | int | None = None) -> Path:
-    """Spherical latent interpolations of the run's logged generator (or of ``checkpoint``, as in `sample`)."""
-    if rows < 1 or steps < 2:
-        raise UserError("--rows must be >= 1 and --steps >= 2")
+    """Spherical latent interpolations (`InterpolateOptions`: rows of steps) of the run's logged generator
+    (or of ``checkpoint``, as in `sample`)."""
+    options = (options or InterpolateOptions()).validate()
+    rows, steps, seed = options.rows, options.steps, options.seed
     _check_output(out)
     model, z_dim = tracking.load_generator(run_id, checkpoint)
     z = interpolation_latents(z_dim, rows, steps, seed).numpy()

@@ -75,6 +75,47 @@ class SweepSettings:
     objective_samples: int = knob(500, "samples each objective evaluation draws")
     wait_for_workers: float = knob(RunSettings.wait_for_workers, "seconds a trial waits for its workers' CPUs/GPUs, "
                                    "saying what holds them, before it fails (the sweep goes on)")
+    space: str | None = knob(None, "YAML search space", shown_default="lambda, clip, n_critic, lr, loss around the "
+                                                                     "papers' values")
+    classifier: str | None = knob(None, "MLflow run id of the classifier whose features score samples",
+                                  shown_default="the newest on the same dataset, size and channels")
+    storage_path: str | None = knob(None, "trial checkpoints and Tune's state: local dir, s3://, shared FS",
+                                    shown_default="./ray_results")
+    register: str | None = knob(None, "register the best generator under this model name", shown_default="none")
+    alias: str | None = knob(None, "with --register: the alias set on the new version, models:/NAME@ALIAS then "
+                                   "names it", shown_default="champion")
+
+    def validate(self) -> "SweepSettings":
+        """Every setting checked before anything starts; a UserError names the option and what to give."""
+        checks = [
+            (self.scheduler in SCHEDULERS, f"unknown scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}"),
+            (self.trials >= 1 and self.reports >= 1 and self.steps >= self.reports,
+             f"--trials and --reports must be >= 1 and --steps ({self.steps}) >= --reports ({self.reports})"),
+            (self.steps % max(1, self.reports) == 0,
+             f"--steps ({self.steps}) must be a multiple of --reports ({self.reports}), e.g. "
+             f"{self.steps - self.steps % max(1, self.reports)} or "
+             f"{self.steps - self.steps % max(1, self.reports) + self.reports}: "
+             f"the objective is computed every steps/reports steps"),
+            (self.trial_workers >= 1, f"--trial-workers must be >= 1, got {self.trial_workers}"),
+            (self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0 (0: CPU trials), got {self.gpus_per_trial}"),
+            (self.max_concurrent is None or self.max_concurrent >= 1,
+             f"--max-concurrent must be >= 1 (default: what fits), got {self.max_concurrent}"),
+            (self.objective_samples >= 2, f"--objective-samples must be >= 2 (a Frechet distance needs their "
+                                          f"covariance), got {self.objective_samples}"),
+            (self.seed is None or self.seed >= 0, f"--seed must be zero or positive, got {self.seed}"),
+            (self.scheduler != "pbt" or self.reports >= 3,
+             f"--scheduler pbt needs --reports 3 or more (a perturbation before the last report), got {self.reports}"),
+            (self.alias is None or bool(self.register),
+             f"--alias {self.alias} names the version that --register registers: add --register NAME, or drop --alias"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
+
+    @property
+    def registered_alias(self) -> str:
+        return self.alias or "champion"
 
 
 def swept_keys() -> set[str]:

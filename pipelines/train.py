@@ -23,7 +23,7 @@ from wgan.data.manifest import load_manifest, manifest_sha256, shard_paths
 from wgan.errors import OutOfSpace, UserError, no_space
 from wgan.knobs import knobs
 from pipelines import objective, tracking
-from pipelines.cluster import checkpoints, holds
+from pipelines.cluster import checkpoints, console, holds
 from pipelines.tracking import run_tags, system_metrics
 from pipelines.cluster.connect import check_placeable, init_ray, through_ray_client, worker_resources
 
@@ -72,6 +72,18 @@ class TrialPlumbing:
     cpus_per_worker: float | None = None
     init_checkpoint: str | None = None
     ledger: str | None = None
+
+    def placement_tags(self) -> dict[str, str]:
+        """The tags that place the trial's run: its trial id, and its sweep's run as its parent."""
+        return {**self.tags, **({run_tags.PARENT_RUN: self.parent_run_id} if self.parent_run_id else {})}
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Continue MLflow run ``run_id`` from its last checkpoint; ``steps``: train it longer, to this many."""
+
+    run_id: str
+    steps: int | None = None
 
 
 @dataclass
@@ -167,25 +179,24 @@ def _refuse_model_changes(run_id: str, logged: TrainConfig, given: TrainConfig) 
 
 @through_ray_client
 def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: RunSettings | None = None,
-          experiment: str = "wganctl", resume: str | None = None, steps: int | None = None,
-          address: str | None = None, progress: bool = True, verbose: bool = False,
-          trial: TrialPlumbing | None = None) -> TrainResult:
+          experiment: str = "wganctl", resume: str | Resume | None = None, address: str | None = None,
+          progress: bool = True, trial: TrialPlumbing | None = None) -> TrainResult:
     """Train a GAN on a prepared dataset (or continue run ``resume``); returns where everything landed.
 
-    ``cfg`` defines the run, ``run`` says how it runs (`wgan.config`). Resuming, ``cfg`` may
-    only lengthen the run (``steps`` does the same), and ``run`` replaces the settings the
-    run last ran with (`logged_run_settings`; None keeps them): a run goes on with other
-    workers, devices, precision or intervals, recorded in its ``wganctl.resumed_with`` tag.
-    ``address``, ``progress`` and ``verbose`` concern this call only. ``trial``: the tune
-    stage's plumbing (`TrialPlumbing`).
+    ``cfg`` defines the run, ``run`` says how it runs (`wgan.config`). Resuming (a run id, or a
+    `Resume` that also lengthens the run), ``cfg`` may only lengthen the run, and ``run`` replaces
+    the settings the run last ran with (`logged_run_settings`; None keeps them): a run goes on
+    with other workers, devices, precision or intervals, recorded in its ``wganctl.resumed_with``
+    tag. ``address`` and ``progress`` concern this call only (Ray's own logs show after
+    `pipelines.cluster.console.verbose`). ``trial``: the tune stage's plumbing (`TrialPlumbing`).
     """
     trial = trial or TrialPlumbing()
+    resume = Resume(resume) if isinstance(resume, str) else resume
     # --- Check: everything knowable before Ray or an MLflow run starts ------------------------
-    resumed = _resumed_run(tracking.client(needs=f"MLflow run {resume!r}"), resume) if resume else None
+    resumed = _resumed_run(tracking.client(needs=f"MLflow run {resume.run_id!r}"), resume.run_id) if resume else None
     if resumed:
-        cfg, data_dir, run = resumed.continued(resume, cfg, data_dir, run, steps)
-    elif steps is not None:
-        cfg = dataclasses.replace(cfg or TrainConfig(), steps=steps)
+        cfg, data_dir, run = resumed.continued(resume.run_id, cfg, data_dir, run, resume.steps)
+        resume = resume.run_id
     run = dataclasses.replace(run or RunSettings()).validate()
     if not data_dir:
         raise UserError("no training data: pass --data DIR (a directory written by `wganctl prepare`)")
@@ -205,7 +216,7 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
     classifier_run = _evaluation_classifier(run, manifest) if run.eval_every else None
 
     # --- Connect to Ray: refuse a shape the cluster can never place (--gpu without GPUs) ---------
-    local = init_ray(address, verbose)
+    local = init_ray(address, not console.quiet_now())
     resources, torch_threads = worker_resources(run.workers, run.gpu, local, trial.cpus_per_worker)
     if trial.cpus_per_worker is None:  # a sweep's trial runs in a Ray task: tune_sweep checked its shape
         check_placeable(resources, run.workers, local=local)
@@ -220,28 +231,18 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
             fallback.set_aside(client, run_id, run.storage_path)
     else:
         run_id = tracking.start_train_run(client, experiment, cfg, run, data_dir=data_dir, manifest=manifest,
-                                          manifest_sha256=manifest_sha256(data_dir),
-                                          parent_run_id=trial.parent_run_id, tags=trial.tags)
+                                          manifest_sha256=manifest_sha256(data_dir), tags=trial.placement_tags())
     # --- Fit on Ray Train, then log the model from the driver, off the hot path -----------------
     try:
-        result = _fit(cfg, run, run_id, data_dir, manifest, trial, resources=resources, torch_threads=torch_threads,
-                      progress=progress, verbose=verbose, fallback=fallback, evaluation=evaluation)
+        worker = _worker_config(cfg, run, run_id, trial, torch_threads, fallback, evaluation)
+        result = _fit(worker, run, trial, training_dataset(data_dir, manifest), resources, progress)
     except KeyboardInterrupt:
         if not (resumed and resumed.failed_before_a_new_checkpoint(client, run_id, run.storage_path, went_on_from,
                                                                    "interrupted (Ctrl-C)")):
             client.set_terminated(run_id, status="KILLED")
         raise
     except Exception as err:
-        failures = getattr(err, "worker_failures", None)  # Ray Train's WorkerGroupError: the worker's own error
-        cause = failures[min(failures)] if failures else err
-        reason = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
-        if _never_placed(err):
-            reason = (f"its workers could not be placed within {run.wait_for_workers:g} s (--wait-for-workers): "
-                      f"{holds.describe_wait(run.workers, resources)}: free them (`ray status`) or lower --workers")
-        full = no_space(err)
-        if full is not None:
-            reason = (f"no space left on device ({str(full).splitlines()[0][:200]}); its last good checkpoint is "
-                      f"kept in {run.storage_path}/{tracking.ray_run_name(run_id)}")
+        reason, full = _failure_reason(err, run, run_id, resources)
         if resumed and resumed.failed_before_a_new_checkpoint(client, run_id, run.storage_path, went_on_from, reason):
             reason += f"; run {run_id} is left as its training ended (FINISHED, tag {run_tags.FAILED_RESUME})"
         else:
@@ -251,6 +252,22 @@ def train(cfg: TrainConfig | None = None, data_dir: str | None = None, *, run: R
                              f"`wganctl train --resume {run_id}` goes on from it") from err
         raise TrainingFailed(f"training run {run_id} failed: {reason}") from err
     return _finish(client, run_id, result, run, cfg, manifest)
+
+
+def _failure_reason(err: Exception, run: RunSettings, run_id: str, resources: dict) -> tuple[str, OSError | None]:
+    """Why a run failed, in one line (the worker's own error, workers never placed, a full disk), and the
+    full disk's error where that was it."""
+    failures = getattr(err, "worker_failures", None)  # Ray Train's WorkerGroupError: the worker's own error
+    cause = failures[min(failures)] if failures else err
+    reason = f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+    if _never_placed(err):
+        reason = (f"its workers could not be placed within {run.wait_for_workers:g} s (--wait-for-workers): "
+                  f"{holds.describe_wait(run.workers, resources)}: free them (`ray status`) or lower --workers")
+    full = no_space(err)
+    if full is not None:
+        reason = (f"no space left on device ({str(full).splitlines()[0][:200]}); its last good checkpoint is "
+                  f"kept in {run.storage_path}/{tracking.ray_run_name(run_id)}")
+    return reason, full
 
 
 def fd_lines(result: TrainResult) -> list[str]:
@@ -423,34 +440,44 @@ def training_dataset(data_dir: str, manifest: dict):
     return pa.concat_tables(tables)
 
 
-def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifest: dict, trial: TrialPlumbing,
-         *, resources: dict, torch_threads: int | None, progress: bool, verbose: bool, fallback: _Fallback | None,
-         evaluation: dict | None = None):
+def _worker_config(cfg: TrainConfig, run: RunSettings, run_id: str, trial: TrialPlumbing,
+                   torch_threads: int | None, fallback: _Fallback | None, evaluation: dict | None):
+    """What crosses the Ray hop to every worker (`pipelines.train_worker.WorkerConfig`), but the
+    progress queue and the in-memory dataset, which `_fit` adds."""
+    from pipelines.train_worker import WorkerConfig
+
+    return WorkerConfig(
+        train_config=cfg.to_dict(), run_settings=run.to_dict(), mlflow_run_id=run_id,
+        tracking_uri=tracking.tracking_uri(), torch_threads=torch_threads, progress_queue=None,
+        objective=trial.objective, evaluation=evaluation, init_checkpoint=trial.init_checkpoint,
+        skipped_checkpoints=[name for name, _ in fallback.skipped] if fallback else [],
+        fallback_checkpoint=fallback.where if fallback else None, in_memory=None,
+        system_metrics_interval_s=system_metrics.SAMPLING_INTERVAL_S,
+        # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
+        # variables set after Ray started.
+        fail_at_step=int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None)
+
+
+def _fit(worker, run: RunSettings, trial: TrialPlumbing, dataset, resources: dict, progress: bool):
+    """Ray Train's fit of ``worker``'s run on ``dataset`` (a Ray Dataset, or a small table put in the
+    object store), its progress drawn here."""
     import pyarrow as pa
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from pipelines.cluster.progress import train_progress
-    from pipelines.train_worker import WorkerConfig, train_loop_per_worker
+    from pipelines.train_worker import train_loop_per_worker
 
-    dataset = training_dataset(data_dir, manifest)
-    reporter = train_progress(cfg.steps, enabled=progress)
+    reporter = train_progress(worker.train_config["steps"], enabled=progress)
+    run_id = worker.mlflow_run_id
     record = holds.RecordGroup(trial.tags.get(run_tags.TRIAL_ID, run_id), trial.ledger, workers=run.workers,
                                resources=resources, queue=reporter.queue)
+    in_memory = ray.put(dataset) if isinstance(dataset, pa.Table) else None
+    worker = dataclasses.replace(worker, progress_queue=reporter.queue, in_memory=in_memory)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"worker": WorkerConfig(
-            train_config=cfg.to_dict(), run_settings=run.to_dict(), mlflow_run_id=run_id,
-            tracking_uri=tracking.tracking_uri(), torch_threads=torch_threads, progress_queue=reporter.queue,
-            objective=trial.objective, evaluation=evaluation, init_checkpoint=trial.init_checkpoint,
-            skipped_checkpoints=[name for name, _ in fallback.skipped] if fallback else [],
-            fallback_checkpoint=fallback.where if fallback else None,
-            in_memory=ray.put(dataset) if isinstance(dataset, pa.Table) else None,
-            system_metrics_interval_s=system_metrics.SAMPLING_INTERVAL_S,
-            # Test hook (see pipelines.train_worker): passed on, as Ray's workers do not see
-            # variables set after Ray started.
-            fail_at_step=int(os.environ.get("WGANCTL_TEST_FAIL_AT_STEP") or 0) or None)},
+        train_loop_config={"worker": worker},
         scaling_config=ray.train.ScalingConfig(num_workers=run.workers, use_gpu=run.gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -459,7 +486,7 @@ def _fit(cfg: TrainConfig, run: RunSettings, run_id: str, data_dir: str, manifes
             # Each try to place the workers waits holds.start_timeout_s(); after --wait-for-workers, the run fails.
             failure_config=ray.train.FailureConfig(max_failures=run.max_failures,
                                                    controller_failure_limit=holds.start_retries(run.wait_for_workers)),
-            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING" if console.quiet_now() else "INFO"),
             checkpoint_config=checkpoint_config(run),
             callbacks=[*trial.callbacks, record],
         ),

@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -326,10 +325,11 @@ class _RankZero:
         self.client.sync(CHECKPOINT_SYNC_TIMEOUT_S)
         s = self.state
         with tempfile.TemporaryDirectory() as directory:
-            ckpt.save(directory, step=step, cfg=self.cfg, generator=unwrap(s.generator), critic=unwrap(s.critic),
-                      g_optimizer=s.g_opt, d_optimizer=s.d_opt, fixed_z=s.fixed_z, mlflow_run_id=self.run_id,
-                      generator_ema=self.ema, g_scheduler=s.schedulers[0], d_scheduler=s.schedulers[1],
-                      critic_updates=s.step.critic_updates)
+            state = ckpt.TrainingState(generator=unwrap(s.generator), critic=unwrap(s.critic), g_optimizer=s.g_opt,
+                                       d_optimizer=s.d_opt, fixed_z=s.fixed_z, generator_ema=self.ema,
+                                       g_scheduler=s.schedulers[0], d_scheduler=s.schedulers[1],
+                                       critic_updates=s.step.critic_updates)
+            ckpt.save(directory, state, step=step, cfg=self.cfg, mlflow_run_id=self.run_id)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=checkpoints.dir_name(step))
 

@@ -16,6 +16,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import mlflow
 import pytest
 import ray
+from pipelines.stage_options import ClassifierOptions, PrepareOptions
 
 
 def _free_port() -> int:
@@ -117,7 +118,7 @@ def tiny_dataset(tmp_path_factory, ray_session) -> str:
     from pipelines.prepare import prepare
 
     out = tmp_path_factory.mktemp("data") / "fmnist-28"
-    return prepare("fashion-mnist", size=28, splits=["train"], limit=512, out=str(out), progress=False).out
+    return prepare("fashion-mnist", options=PrepareOptions(size=28, splits=["train"], limit=512), out=str(out), progress=False).out
 
 
 @pytest.fixture(scope="session")
@@ -135,7 +136,7 @@ def tiny_classifier(tiny_dataset, shared_mlflow_store) -> str:
     before = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = shared_mlflow_store
     try:
-        return train_classifier(tiny_dataset, epochs=1, test_split="train", progress=False).run_id
+        return train_classifier(tiny_dataset, options=ClassifierOptions(epochs=1, test_split="train"), progress=False).run_id
     finally:
         if before is None:
             os.environ.pop("MLFLOW_TRACKING_URI")

@@ -29,13 +29,14 @@ from wgan.data.reader import ShardReader
 from wgan.errors import UserError
 from wgan.networks import build_critic, build_generator
 from wgan.step import TrainStep, build_optimizers
+from pipelines.stage_options import AugmentOptions, PrepareOptions
 
 
 @pytest.fixture(scope="module")
 def labelled_with_test(tmp_path_factory, ray_session) -> str:
     """400 real Fashion-MNIST images drawn from both splits (about 343 train, 57 test)."""
     out = tmp_path_factory.mktemp("data") / "fmnist-both"
-    return prepare("fashion-mnist", size=28, limit=400, seed=3, out=str(out), progress=False).out
+    return prepare("fashion-mnist", options=PrepareOptions(size=28, limit=400, seed=3), out=str(out), progress=False).out
 
 
 def conditional_run(data_dir: str, loss: str, tmp_path: Path) -> str:
@@ -53,8 +54,7 @@ def conditional_run(data_dir: str, loss: str, tmp_path: Path) -> str:
     client = MlflowClient()
     run_id = tracking.start_train_run(client, "t", cfg, RunSettings(storage_path=str(tmp_path)), data_dir=data_dir,
                                       manifest=manifest, manifest_sha256=manifest_sha256(data_dir))
-    ckpt.save(tmp_path, step=2, cfg=cfg, generator=generator, critic=critic, g_optimizer=g_opt, d_optimizer=d_opt,
-              fixed_z=torch.zeros(1, 16), mlflow_run_id=run_id)
+    ckpt.save(tmp_path, state=ckpt.TrainingState(generator=generator, critic=critic, g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=torch.zeros(1, 16)), step=2, cfg=cfg, mlflow_run_id=run_id)
     tracking.log_generator_model(run_id, ckpt.load(tmp_path))
     client.set_terminated(run_id, status="FINISHED")
     return run_id
@@ -65,8 +65,7 @@ def test_augment_runs_its_arms_as_ray_tasks_into_one_mlflow_run(labelled_with_te
     wgan_gp = conditional_run(labelled_with_test, "wgan-gp", tmp_path)
     gan = conditional_run(labelled_with_test, "gan", tmp_path)
 
-    result = augment_experiment(labelled_with_test, real_per_class=3, runs=[wgan_gp, gan], synthetic_per_class=2,
-                                seeds=2, steps=20)
+    result = augment_experiment(labelled_with_test, options=AugmentOptions(real_per_class=3, synthetic_per_class=2, seeds=2, steps=20), runs=[wgan_gp, gan])
     assert set(result.summary) == {"real", "with-wgan-gp", "with-gan", "only-wgan-gp", "only-gan"}
     assert sorted((r["arm"], r["seed"], r["train_images"]) for r in result.rows) == [
         ("only-gan", 0, 20), ("only-gan", 1, 20), ("only-wgan-gp", 0, 20), ("only-wgan-gp", 1, 20),
@@ -89,9 +88,9 @@ def test_augment_runs_its_arms_as_ray_tasks_into_one_mlflow_run(labelled_with_te
     assert {a.path for a in client.list_artifacts(result.run_id)} >= {"augment.csv", "augment.png"}
 
     with pytest.raises(UserError, match="more than the train split holds"):
-        augment_experiment(labelled_with_test, real_per_class=1000, runs=[])
+        augment_experiment(labelled_with_test, options=AugmentOptions(real_per_class=1000), runs=[])
     with pytest.raises(UserError, match="not a class-conditional run"):
-        augment_experiment(labelled_with_test, real_per_class=1, runs=[result.run_id])
+        augment_experiment(labelled_with_test, options=AugmentOptions(real_per_class=1), runs=[result.run_id])
     bad = CliRunner().invoke(app, ["experiment", "augment", "--data", labelled_with_test, "--real-per-class", "0"])
     assert bad.exit_code == 2 and "--real-per-class" in bad.output
 
@@ -103,4 +102,4 @@ def test_runs_that_share_a_loss_get_an_arm_each_and_a_run_given_twice_is_refused
     assert arm_labels({"a" * 32: "wgan-gp", "b" * 32: "wgan-gp", "c" * 32: "gan"}) == {
         "a" * 32: "wgan-gp-aaaaaaaa", "b" * 32: "wgan-gp-bbbbbbbb", "c" * 32: "gan"}
     with pytest.raises(UserError, match="given twice"):
-        augment_experiment(labelled_with_test, real_per_class=1, runs=["a" * 32, "a" * 32])
+        augment_experiment(labelled_with_test, options=AugmentOptions(real_per_class=1), runs=["a" * 32, "a" * 32])

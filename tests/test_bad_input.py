@@ -205,7 +205,7 @@ ROWS = [
         store="shared"),
     Row("tune-classifier-not-a-classifier", "tune --data {data} --classifier {train_run}", "is not a classifier run",
         store="shared"),
-    Row("tune-classifier-none-trained", "tune --data {data}", "no classifier trained on"),
+    Row("tune-classifier-none-trained", "tune --data {data}", "no classifier for fashion-mnist at 28 px"),
     Row("tune-experiment-empty", "tune --data {data} --experiment ''", "Invalid experiment name"),
     Row("tune-register-slash", "tune --data {data} --register a/b", "Names cannot contain '/'"),
     Row("tune-alias-reserved", "tune --data {data} --register best --alias latest", "reserved"),

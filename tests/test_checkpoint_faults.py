@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.train import train
-from pipelines.tune import _donor_checkpoint
+from pipelines.tune.trial import _donor_checkpoint
 from wgan import checkpoint as ckpt
 from wgan.config import RunSettings, TrainConfig
 from wgan.errors import UserError
@@ -29,8 +29,7 @@ def _saved(directory: Path, step: int) -> Path:
     g_opt, d_opt = build_optimizers(cfg, generator, critic)
     directory.mkdir()
     torch.manual_seed(step)
-    ckpt.save(directory, step=step, cfg=cfg, generator=generator, critic=critic, g_optimizer=g_opt, d_optimizer=d_opt,
-              fixed_z=torch.randn(4, cfg.z_dim), mlflow_run_id=None)
+    ckpt.save(directory, state=ckpt.TrainingState(generator=generator, critic=critic, g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=torch.randn(4, cfg.z_dim)), step=step, cfg=cfg, mlflow_run_id=None)
     return directory
 
 

@@ -167,7 +167,7 @@ def test_on_a_terminal_progress_is_a_bar_and_no_plain_lines():
 
 def test_off_a_terminal_a_sweep_is_a_plain_line_of_trials_ended_and_the_best_objective(monkeypatch):
     from pipelines.objective import METRIC
-    from pipelines.tune import TrialProgress
+    from pipelines.tune.callbacks import TrialProgress
 
     printed = io.StringIO()
     monkeypatch.setattr("sys.stdout", printed)

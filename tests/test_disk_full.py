@@ -63,8 +63,7 @@ def _checkpoint_bytes(cfg: TrainConfig, tmp_path: Path) -> int:
     generator, critic = build_generator(cfg), build_critic(cfg)
     g_opt, d_opt = build_optimizers(cfg, generator, critic)
     TrainStep(cfg, generator, critic, g_opt, d_opt, precision_mode="fp32")([(torch.rand(4, 1, 28, 28) * 2 - 1, None)])
-    ckpt.save(tmp_path, step=1, cfg=cfg, generator=generator, critic=critic, g_optimizer=g_opt, d_optimizer=d_opt,
-              fixed_z=torch.randn(64, cfg.z_dim), mlflow_run_id=None)
+    ckpt.save(tmp_path, state=ckpt.TrainingState(generator=generator, critic=critic, g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=torch.randn(64, cfg.z_dim)), step=1, cfg=cfg, mlflow_run_id=None)
     return (tmp_path / ckpt.FILENAME).stat().st_size
 
 

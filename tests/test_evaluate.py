@@ -26,6 +26,7 @@ from wgan.config import RunSettings, TrainConfig
 from wgan.data.reader import ShardReader, pixels_to_tensor
 from wgan.errors import UserError
 from wgan.metrics import frechet_distance
+from pipelines.stage_options import ClassifierOptions, EvaluateOptions, PrepareOptions
 
 # class-conditional, so that the per-class metrics are measured too
 TINY = TrainConfig(loss="wgan-gp", steps=4, width=8, z_dim=16, batch=16, conditional=True)
@@ -37,7 +38,7 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
     run_id = train(TINY, tiny_dataset, run=EVERY_2, experiment="evaluate", progress=False).run_id
     classifier_run = mlflow_with_classifier
 
-    result = evaluate(run_id, n=N, metrics=("fid", "kid", "pr", "coverage", "is"), classifier_run=classifier_run)
+    result = evaluate(run_id, options=EvaluateOptions(n=N, metrics="fid,kid,pr,coverage,is", classifier=classifier_run))
 
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -89,15 +90,15 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
     assert Image.open(tmp_path / "compare.png").size[0] > 0
 
     # An earlier checkpoint, evaluated in the same run at its own step: a quality curve.
-    early = evaluate(run_id, n=N, metrics=("fid",), classifier_run=classifier_run, checkpoint=2)
+    early = evaluate(run_id, options=EvaluateOptions(n=N, metrics="fid", classifier=classifier_run), checkpoint=2)
     history = {m.step: m.value for m in client.get_metric_history(run_id, "eval/fid")}
     assert sorted(history) == [2, 4] and history[2] == pytest.approx(early.metrics["eval/fid"])
     assert client.get_run(run_id).data.tags["eval.checkpoint_step"] == "2"
     with pytest.raises(UserError, match="no checkpoint at step 3"):
-        evaluate(run_id, n=N, classifier_run=classifier_run, checkpoint=3)
+        evaluate(run_id, options=EvaluateOptions(n=N, classifier=classifier_run), checkpoint=3)
 
     with pytest.raises(UserError, match="not a wganctl training run"):
-        evaluate(classifier_run, n=N)
+        evaluate(classifier_run, options=EvaluateOptions(n=N))
     bad = CliRunner().invoke(app, ["evaluate", run_id, "--metrics", "fid,sharpness"])
     assert bad.exit_code == 2 and "unknown metric(s) sharpness" in bad.output
 
@@ -112,7 +113,7 @@ def test_evaluate_logs_metrics_and_pictures_into_the_run(tiny_dataset, ray_sessi
 
 def test_classifier_refuses_a_missing_test_split(tiny_dataset, mlflow_store):
     with pytest.raises(UserError, match="no 'test' split"):
-        train_classifier(tiny_dataset, epochs=1, progress=False)
+        train_classifier(tiny_dataset, options=ClassifierOptions(epochs=1), progress=False)
 
 
 def test_compare_refuses_a_run_without_evaluation(mlflow_store):
@@ -147,7 +148,7 @@ def test_inception_features_on_ray_data_match_torchmetrics(ray_session, tmp_path
     from pipelines.prepare import prepare
     from wgan.data.manifest import load_manifest, shard_paths
 
-    data = prepare("fashion-mnist", size=28, splits=["train"], limit=8, out=str(tmp_path / "fm"), progress=False).out
+    data = prepare("fashion-mnist", options=PrepareOptions(size=28, splits=["train"], limit=8), out=str(tmp_path / "fm"), progress=False).out
     manifest = load_manifest(data)
     weights = random_inception_weights(tmp_path)
     ours = embed_shards(shard_paths(data, manifest), 28, 1, inception_extractor(str(weights)))
@@ -195,8 +196,7 @@ def test_a_conditional_sample_has_the_label_of_its_row_on_every_path(ray_session
         (tmp_path / "shapes" / name).mkdir(parents=True)
         for i, pixels in enumerate(random_images(rng, 16, 28, 1)):
             Image.fromarray(pixels.squeeze(-1)).save(tmp_path / "shapes" / name / f"{i:02d}.png")
-    data = prepare("imagefolder", str(tmp_path / "shapes"), size=28, channels=1, out=str(tmp_path / "data"),
-                   progress=False).out
+    data = prepare("imagefolder", str(tmp_path / "shapes"), options=PrepareOptions(size=28, channels=1), out=str(tmp_path / "data"), progress=False).out
     cfg = TrainConfig(loss="wgan-gp", steps=2, width=8, z_dim=16, batch=16, conditional=True)
     trained = train(cfg, data, run=RunSettings(log_every=1, sample_every=2, checkpoint_every=2), experiment="t",
                     progress=False)

@@ -15,8 +15,10 @@ from wgan.config import LOSS_DEFAULTS, RunSettings, TrainConfig
 from wgan.errors import UserError
 from wgan.knobs import knobs
 from pipelines import cli
-from pipelines.cli_options import config_values
-from pipelines.search_space import CATEGORICAL, swept_keys, to_param_space
+from pipelines.cli_options import cli_knobs, config_values, option_help, stage_options
+from pipelines.search_space import CATEGORICAL, SweepSettings, swept_keys, to_param_space
+from pipelines.stage_options import (AugmentOptions, ClassifierOptions, EvaluateOptions, InterpolateOptions,
+                                     PrepareOptions, SampleOptions, ServerSettings)
 
 ALL_KNOBS = [(cls, k) for cls in (TrainConfig, RunSettings) for k in knobs(cls)]
 
@@ -92,3 +94,89 @@ def test_categorical_knobs_are_swept_by_choice_over_their_values_only():
                              ("augment", {"choice": ["diffaug:zoom"]}, "valid ops are color, translation, cutout")):
         with pytest.raises(UserError, match=rf"^space\.{key}: .*{re.escape(says)}"):
             to_param_space({key: value})
+
+
+# Every stage's options: (command path, its declarations). Train's are above; the hand-written
+# options left on a command are what is genuinely per call (the input, the output, the cluster, the console).
+STAGES = [
+    (("prepare",), (PrepareOptions,)),
+    (("sample",), (SampleOptions,)),
+    (("interpolate",), (InterpolateOptions,)),
+    (("train-classifier",), (ClassifierOptions,)),
+    (("evaluate",), (EvaluateOptions,)),
+    (("server",), (ServerSettings,)),
+    (("experiment", "augment"), (AugmentOptions,)),
+    (("tune",), (SweepSettings, cli.TUNE_TRAIN_OPTIONS)),
+    (("train",), (TrainConfig, RunSettings)),
+]
+PER_CALL = {"data", "path", "dataset", "run_id", "out", "force", "quiet", "verbose", "address", "config",
+            "checkpoint", "experiment", "resume", "runs", "help"}
+
+
+def command_of(path: tuple[str, ...]) -> click.Command:
+    command = typer.main.get_command(cli.app)
+    for name in path:
+        command = command.commands[name]
+    return command
+
+
+@pytest.mark.parametrize("path,sources", STAGES, ids=lambda x: " ".join(x) if isinstance(x[0], str) else "")
+def test_every_stages_options_are_generated_from_its_declarations(path, sources):
+    """Each declared knob is exactly one option of its command, spelled and helped as declared (its real
+    default in the help), every other option is per call, and each command takes --config."""
+    params = {p.name: p for p in command_of(path).params}
+    declared = cli_knobs(*sources)
+    for knob in declared:
+        option = params.get(knob.name)
+        assert option is not None, f"{' '.join(path)}: {knob.option} is declared but not an option"
+        assert knob.option in option.opts and option.help == option_help(knob)
+        assert option.default is None  # so a --config value stays unless the option is given
+    assert set(params) - {k.name for k in declared} <= PER_CALL, f"{' '.join(path)}: options written by hand"
+    assert "config" in params
+
+
+def test_no_stage_repeats_a_default_of_its_declarations():
+    """The stage functions take their options object: no parameter repeats a declared knob's name."""
+    import inspect
+
+    from pipelines.augment import augment_experiment
+    from pipelines.classifier import train_classifier
+    from pipelines.evaluate import evaluate
+    from pipelines.prepare import prepare
+    from pipelines.sample import interpolate, sample
+    from pipelines.tune import tune_sweep
+
+    for function, cls in ((prepare, PrepareOptions), (sample, SampleOptions), (interpolate, InterpolateOptions),
+                          (train_classifier, ClassifierOptions), (evaluate, EvaluateOptions),
+                          (augment_experiment, AugmentOptions), (tune_sweep, SweepSettings)):
+        function = inspect.unwrap(function)
+        repeated = set(inspect.signature(function).parameters) & {k.name for k in knobs(cls)}
+        assert not repeated, f"{function.__name__} repeats {repeated} of {cls.__name__}"
+
+
+@pytest.mark.parametrize("args,config,says", [
+    (["prepare", "mnist"], "size: 0\n", "--size must be a positive number of pixels, not 0"),
+    (["prepare", "mnist"], "splits: test\n", "splits must be a list of strings"),
+    (["sample", "r"], "n: 0\n", "--n must be >= 1, got 0"),
+    (["interpolate", "r"], "steps: 1\n", "--rows must be >= 1 and --steps >= 2"),
+    (["train-classifier", "d"], "epochs: 0\n", "--epochs and --batch must be >= 1"),
+    (["evaluate", "r"], "metrics: fid,xyz\n", "unknown metric(s) xyz"),
+    (["server"], "port: 70000\n", "--port 70000 is not a TCP port"),
+    (["experiment", "augment", "--data", "d"], "seeds: 2\n", "Missing option '--real-per-class'"),
+    (["tune", "--data", "d"], "reports: 7\n", "--steps (400) must be a multiple of --reports (7)"),
+    (["tune", "--data", "d"], "batch: many\n", "batch must be an integer"),
+    (["prepare", "mnist"], "sise: 28\n", "unknown config key(s) sise"),
+])
+def test_every_stage_reads_its_options_from_config(args, config, says, tmp_path):
+    """--config FILE works for every stage: its values are the stage's options, checked like the CLI's."""
+    path = tmp_path / "options.yaml"
+    path.write_text(config)
+    result = CliRunner().invoke(cli.app, [*args, "--config", str(path)])
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_an_option_given_wins_over_its_config_value(tmp_path):
+    path = tmp_path / "options.yaml"
+    path.write_text("n: 0\nseed: 3\n")
+    options = stage_options(SampleOptions, path, {"n": 5})
+    assert (options.n, options.seed) == (5, 3)

@@ -57,9 +57,7 @@ def test_the_clock_survives_a_checkpoint(tmp_path):
     step = built(4)
     for _ in range(3):
         step([(torch.rand(4, 1, 28, 28) * 2 - 1, None)])
-    ckpt.save(tmp_path, step=3, cfg=step.cfg, generator=step.generator, critic=step.critic,
-              g_optimizer=step.g_optimizer, d_optimizer=step.d_optimizer, fixed_z=torch.zeros(1, 8),
-              mlflow_run_id=None, critic_updates=step.critic_updates)
+    ckpt.save(tmp_path, state=ckpt.TrainingState(generator=step.generator, critic=step.critic, g_optimizer=step.g_optimizer, d_optimizer=step.d_optimizer, fixed_z=torch.zeros(1, 8), critic_updates=step.critic_updates), step=3, cfg=step.cfg, mlflow_run_id=None)
     assert ckpt.critic_updates_of(ckpt.load(tmp_path)) == 3
     # a checkpoint from before the clock was saved: n_critic updates per generator step
     assert ckpt.critic_updates_of({"step": 7, "config": {"n_critic": 5}}) == 35

@@ -38,8 +38,7 @@ def test_linear_decay_after_k_of_n_steps_and_after_a_restore(tmp_path):
     for k in (1, 2):
         step([(real, None)])
         assert rates(g_opt, d_opt) == pytest.approx([cfg.lr * (1 - k / STEPS)] * 2)
-    ckpt.save(tmp_path, step=2, cfg=cfg, generator=G, critic=D, g_optimizer=g_opt, d_optimizer=d_opt,
-              fixed_z=torch.zeros(1, 8), mlflow_run_id=None, g_scheduler=schedulers[0], d_scheduler=schedulers[1])
+    ckpt.save(tmp_path, state=ckpt.TrainingState(generator=G, critic=D, g_optimizer=g_opt, d_optimizer=d_opt, fixed_z=torch.zeros(1, 8), g_scheduler=schedulers[0], d_scheduler=schedulers[1]), step=2, cfg=cfg, mlflow_run_id=None)
     payload = ckpt.load(tmp_path)  # weights_only=True: the schedulers' state is plain data
 
     _, _, _, g2, d2, schedulers2, step2 = built()  # a restarted worker: everything built afresh

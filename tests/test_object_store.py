@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from pipelines.classifier import train_classifier
 from pipelines.cli import app
-from pipelines.train import train
+from pipelines.train import Resume, train
 from pipelines.search_space import SweepSettings
 from pipelines.tune import tune_sweep
 from tests.object_store import bucket_keys, new_bucket
@@ -29,6 +29,7 @@ from tests.processes import TrackingServer
 from tests.processes import InBackground, train_worker_pids
 from wgan.config import RunSettings, TrainConfig
 from wgan.data.manifest import load_manifest
+from pipelines.stage_options import ClassifierOptions
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +98,7 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
     assert stored_keys() == dataset_keys()
     assert not [key for key in bucket_keys(bucket, "data/") if ".tmp-" in key or ".old-" in key]
 
-    classifier_run = train_classifier(data, epochs=1, test_split="train", progress=False).run_id
+    classifier_run = train_classifier(data, options=ClassifierOptions(epochs=1, test_split="train"), progress=False).run_id
 
     # train from the bucket into the bucket on two workers; both are killed after checkpoint 20
     # is registered, and the run goes on from that checkpoint, read back from the bucket.
@@ -131,7 +132,7 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
         assert f"ckpt/wganctl-{run_id}/checkpoint_{step:07d}/checkpoint.pt" in checkpoint_keys
 
     # --resume continues the same run from its last checkpoint in the bucket.
-    continued = train(resume=run_id, steps=70, progress=False)
+    continued = train(resume=Resume(run_id, steps=70), progress=False)
     assert continued.run_id == run_id and continued.steps == 70
     assert [int(m.value) for m in client.get_metric_history(run_id, "train/resumed_from_step")][-1] == 60
     assert sorted({m.step for m in client.get_metric_history(run_id, "loss/generator")}) == list(range(1, 71))
@@ -145,9 +146,9 @@ def test_every_stage_keeps_its_data_checkpoints_and_artifacts_in_one_bucket(
 
     # tune: trials checkpoint into the bucket, Tune keeps its state there, the best is registered.
     sweep = tune_sweep(data, sweep=SweepSettings(trials=1, steps=4, reports=2, scheduler="none", objective_samples=64,
-                                                 seed=0),
-                       experiment="s3-tune", register="wgan-s3", storage_path=f"{bucket}/sweeps",
-                       classifier_run=classifier_run, base=TrainConfig(**TINY))
+                                                 seed=0, register="wgan-s3", storage_path=f"{bucket}/sweeps",
+                                                 classifier=classifier_run),
+                       experiment="s3-tune", base=TrainConfig(**TINY))
     assert sweep.registered_version == "1" and sweep.best_run_id
     assert all(row["status"] == "finished" for row in sweep.trials), sweep.trials
     sweep_keys = bucket_keys(bucket, "sweeps/")

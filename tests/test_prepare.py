@@ -20,6 +20,7 @@ from pipelines.prepare import prepare
 from tests import data_formats
 from tests.cli_output import assert_one_line_error
 from wgan.data.images import unpack_images
+from pipelines.stage_options import PrepareOptions
 
 FASHION_MNIST_SYSTEM_COPY = Path("/usr/share/datasets/fashion-mnist")
 
@@ -57,7 +58,7 @@ def cli(*args: str):
 def test_mnist_idx_gz_is_resized_like_pil_with_labels_and_checksums(tmp_path: Path, ray_session) -> None:
     source = data_formats.write_mnist(tmp_path / "src", train=30, test=12)
     out = tmp_path / "out"
-    result = prepare("mnist", size=32, source_dir=str(tmp_path / "src"), out=str(out), progress=False, rows_per_shard=16)
+    result = prepare("mnist", options=PrepareOptions(size=32, source_dir=str(tmp_path / "src"), rows_per_shard=16), out=str(out), progress=False)
 
     manifest = result.manifest
     assert result.out == str(out) and not result.up_to_date
@@ -82,7 +83,7 @@ def test_mnist_idx_gz_is_resized_like_pil_with_labels_and_checksums(tmp_path: Pa
 def test_fashion_mnist_uncompressed_gray_to_rgb_without_resize(tmp_path: Path, ray_session) -> None:
     source = data_formats.write_mnist(tmp_path / "src", train=20, test=5, gz=False)
     out = tmp_path / "out"
-    prepare("fashion-mnist", size=28, channels=3, splits=["test"], source_dir=str(tmp_path / "src"), out=str(out), progress=False)
+    prepare("fashion-mnist", options=PrepareOptions(size=28, channels=3, splits=["test"], source_dir=str(tmp_path / "src")), out=str(out), progress=False)
     images, labels, splits = read_rows(out)
     assert np.array_equal(images, np.repeat(source["test"].images, 3, axis=-1))
     assert np.array_equal(labels, source["test"].labels) and set(splits) == {"test"}
@@ -92,7 +93,7 @@ def test_fashion_mnist_uncompressed_gray_to_rgb_without_resize(tmp_path: Path, r
 def test_cifar10_pickles_downscaled_and_converted_to_gray(tmp_path: Path, ray_session, archive: bool) -> None:
     source = data_formats.write_cifar10(tmp_path / "src", per_batch=6, test=10, archive=archive)
     out = tmp_path / "out"
-    result = prepare("cifar10", size=16, channels=1, source_dir=str(tmp_path / "src"), out=str(out), progress=False)
+    result = prepare("cifar10", options=PrepareOptions(size=16, channels=1, source_dir=str(tmp_path / "src")), out=str(out), progress=False)
     assert result.manifest["count"] == 40 and result.manifest["class_names"] == data_formats.CIFAR_CLASSES
     images, labels, _ = read_rows(out)
     inputs = np.concatenate([source["train"].images, source["test"].images])
@@ -103,7 +104,7 @@ def test_cifar10_pickles_downscaled_and_converted_to_gray(tmp_path: Path, ray_se
 def test_stl10_binary_defaults_to_train_and_unlabeled(tmp_path: Path, ray_session) -> None:
     source = data_formats.write_stl10(tmp_path / "src", train=8, test=5, unlabeled=12)
     out = tmp_path / "out"
-    result = prepare("stl10", size=64, source_dir=str(tmp_path / "src"), out=str(out), progress=False)
+    result = prepare("stl10", options=PrepareOptions(size=64, source_dir=str(tmp_path / "src")), out=str(out), progress=False)
     manifest = result.manifest
     assert manifest["splits"] == ["train", "unlabeled"] and manifest["count"] == 20
     assert manifest["class_names"] == data_formats.STL_CLASSES and manifest["channels"] == 3
@@ -163,7 +164,7 @@ def test_rerun_is_a_no_op_other_params_need_force(tmp_path: Path, ray_session) -
 def test_failed_final_move_keeps_the_previous_dataset_and_no_tmp(tmp_path: Path, ray_session, monkeypatch) -> None:
     data_formats.write_mnist(tmp_path / "src", train=10, test=4)
     out = tmp_path / "out"
-    first = prepare("mnist", source_dir=str(tmp_path / "src"), out=str(out), progress=False)
+    first = prepare("mnist", options=PrepareOptions(source_dir=str(tmp_path / "src")), out=str(out), progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     real_move = prepare_module._move_dir
 
@@ -174,13 +175,13 @@ def test_failed_final_move_keeps_the_previous_dataset_and_no_tmp(tmp_path: Path,
 
     monkeypatch.setattr(prepare_module, "_move_dir", move_failing_for_the_new_build)
     with pytest.raises(OSError, match="disk full"):
-        prepare("mnist", size=16, source_dir=str(tmp_path / "src"), out=str(out), force=True, progress=False)
+        prepare("mnist", options=PrepareOptions(size=16, source_dir=str(tmp_path / "src")), out=str(out), force=True, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "src"]
 
     fresh = tmp_path / "fresh"
     with pytest.raises(OSError, match="disk full"):
-        prepare("mnist", source_dir=str(tmp_path / "src"), out=str(fresh), progress=False)
+        prepare("mnist", options=PrepareOptions(source_dir=str(tmp_path / "src")), out=str(fresh), progress=False)
     assert not fresh.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "src"]
     assert first.manifest["count"] == 14
 
@@ -190,7 +191,7 @@ def test_stale_tmp_dir_is_removed_by_the_next_run(tmp_path: Path, ray_session) -
     stale = tmp_path / "out.tmp-deadbeef"
     stale.mkdir()
     (stale / "part-00000.parquet").write_bytes(b"half")
-    prepare("mnist", source_dir=str(tmp_path / "src"), out=str(tmp_path / "out"), progress=False)
+    prepare("mnist", options=PrepareOptions(source_dir=str(tmp_path / "src")), out=str(tmp_path / "out"), progress=False)
     assert not stale.exists() and (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -198,7 +199,7 @@ def test_limit_and_seed_choose_a_deterministic_subset(tmp_path: Path, ray_sessio
     data_formats.write_mnist(tmp_path / "src", train=50, test=10)
 
     def build(name: str, seed: int) -> tuple[list[str], np.ndarray]:
-        result = prepare("mnist", limit=17, seed=seed, source_dir=str(tmp_path / "src"), out=str(tmp_path / name), progress=False)
+        result = prepare("mnist", options=PrepareOptions(limit=17, seed=seed, source_dir=str(tmp_path / "src")), out=str(tmp_path / name), progress=False)
         assert result.manifest["count"] == 17
         return [s["sha256"] for s in result.manifest["shards"]], read_rows(tmp_path / name)[0]
 
@@ -209,7 +210,7 @@ def test_limit_and_seed_choose_a_deterministic_subset(tmp_path: Path, ray_sessio
 
 @pytest.mark.skipif(not FASHION_MNIST_SYSTEM_COPY.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_offline_default_finds_the_debian_copy(tmp_path: Path, ray_session) -> None:
-    result = prepare("fashion-mnist", limit=200, out=str(tmp_path / "out"), progress=False)
+    result = prepare("fashion-mnist", options=PrepareOptions(limit=200), out=str(tmp_path / "out"), progress=False)
     manifest = result.manifest
     assert manifest["source"] == str(FASHION_MNIST_SYSTEM_COPY) and manifest["count"] == 200
     assert manifest["class_names"][0] == "T-shirt/top" and set(read_rows(tmp_path / "out")[1]) <= set(range(10))
@@ -286,7 +287,7 @@ def test_gzip_of_the_debian_layout_is_read_directly(tmp_path: Path, ray_session,
     """A system copy laid out like the Debian package is found without --source-dir."""
     source = data_formats.write_mnist(tmp_path / "datasets" / "fashion-mnist", train=5, test=3)
     monkeypatch.setenv("WGANCTL_SYSTEM_DATASETS", str(tmp_path / "datasets"))
-    result = prepare("fashion-mnist", size=28, out=str(tmp_path / "out"), progress=False)
+    result = prepare("fashion-mnist", options=PrepareOptions(size=28), out=str(tmp_path / "out"), progress=False)
     assert result.manifest["source"] == str(tmp_path / "datasets" / "fashion-mnist")
     assert np.array_equal(read_rows(tmp_path / "out")[0][:5], source["train"].images)
     assert gzip.decompress((tmp_path / "datasets" / "fashion-mnist" / "train-images-idx3-ubyte.gz").read_bytes())[:4] == b"\x00\x00\x08\x03"

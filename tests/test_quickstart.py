@@ -5,7 +5,6 @@ file, carries only our lines."""
 
 from __future__ import annotations
 
-import functools
 import re
 
 import pytest
@@ -27,7 +26,9 @@ NOT_OURS = re.compile(r"^\(.*pid=|INFO|WARNING|ERROR|Warning|core_worker|^\[\d{4
 def test_quickstart_ends_measured_and_evaluate_then_needs_nothing_else(ray_session, mlflow_store, tmp_path,
                                                                        monkeypatch):
     # The real stages on fewer images and steps: 600 of Fashion-MNIST's 70,000, one classifier epoch
-    monkeypatch.setattr(pipelines.quickstart, "prepare", functools.partial(pipelines.quickstart.prepare, limit=600))
+    real_prepare = pipelines.quickstart.prepare
+    monkeypatch.setattr(pipelines.quickstart, "prepare",
+                        lambda *args, options, **kwargs: real_prepare(*args, options=options.replace(limit=600), **kwargs))
     monkeypatch.setattr(pipelines.quickstart, "CLASSIFIER_EPOCHS", 1)
     res = CliRunner().invoke(app, ["quickstart", "--steps", "4", "--quiet"])
     assert res.exit_code == 0, res.output

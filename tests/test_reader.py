@@ -17,6 +17,7 @@ from pipelines.prepare import prepare
 from tests import data_formats
 from wgan.data import FORMAT_VERSION, ShardReader, decode_images, load_manifest, manifest_sha256, shard_paths
 from wgan.errors import UserError
+from pipelines.stage_options import PrepareOptions
 
 TRAIN, TEST = 45, 20
 
@@ -29,7 +30,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, ray_session) -> Path:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("WGANCTL_OFFLINE", "1")
         env.setenv("WGANCTL_CACHE", str(root / "cache"))
-        prepare("mnist", size=32, channels=3, source_dir=str(root / "src"), out=str(root / "data"), progress=False, rows_per_shard=16)
+        prepare("mnist", options=PrepareOptions(size=32, channels=3, source_dir=str(root / "src"), rows_per_shard=16), out=str(root / "data"), progress=False)
     return root / "data"
 
 
@@ -162,3 +163,17 @@ def test_in_memory_batches_visit_every_row_once_per_epoch_in_a_new_order() -> No
         next(shuffled_batches(pixels, labels, count + 1, seed=0))
     images, _ = next(shuffled_batches(torch.full((4, 2, 2, 1), 255, dtype=torch.uint8), labels[:4], 4, seed=0))
     assert torch.all(images == 1.0)
+
+
+def test_rows_by_position_across_shards_in_the_order_asked(dataset: Path) -> None:
+    """`wgan.data.rows`: labels in row order, and images of global row numbers in the order given,
+    repeats and shard boundaries (16 rows a shard) included, as evaluate's nearest neighbours ask."""
+    from wgan.data.images import unpack_images
+    from wgan.data.rows import dataset_labels, read_rows
+
+    table, manifest = all_rows(dataset)
+    assert len(manifest["shards"]) > 2
+    assert np.array_equal(dataset_labels(str(dataset), manifest), table["label"].to_numpy())
+    rows = np.array([TRAIN + TEST - 1, 3, 3, 16, 15, 0, 33])
+    every = unpack_images(table["image"], 32, 3)
+    assert np.array_equal(read_rows(str(dataset), manifest, rows), every[rows])

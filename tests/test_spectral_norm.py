@@ -66,8 +66,7 @@ def test_wgan_with_spectral_norm_does_not_clip():
 def test_a_spectrally_normalised_critic_checkpoints_and_loads(tmp_path):
     cfg = config(arch="resnet", loss="wgan-gp", conditional=True, num_classes=10, steps=3)
     G, D, step = trained(cfg)
-    ckpt.save(tmp_path, step=3, cfg=cfg, generator=G, critic=D, g_optimizer=step.g_optimizer,
-              d_optimizer=step.d_optimizer, fixed_z=torch.zeros(1, 16), mlflow_run_id=None)
+    ckpt.save(tmp_path, state=ckpt.TrainingState(generator=G, critic=D, g_optimizer=step.g_optimizer, d_optimizer=step.d_optimizer, fixed_z=torch.zeros(1, 16)), step=3, cfg=cfg, mlflow_run_id=None)
     payload = ckpt.load(tmp_path)  # weights_only=True
     assert any(k.endswith("parametrizations.weight.original") for k in payload["critic"])
     assert any(k.endswith("parametrizations.weight.0._u") for k in payload["critic"])

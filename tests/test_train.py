@@ -281,7 +281,7 @@ def test_a_killed_train_driver_gives_its_cpus_back(tiny_dataset, ray_session, ml
 
     from pipelines.cluster import holds
     from pipelines.train import TrialPlumbing
-    from pipelines.tune import TrainDriver
+    from pipelines.tune.trial import TrainDriver
 
     cfg = TrainConfig(loss="wgan-gp", steps=100_000, width=8, z_dim=16, batch=16, n_critic=1)
     settings = RunSettings(log_every=1, sample_every=100_000, checkpoint_every=100_000,

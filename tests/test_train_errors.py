@@ -111,4 +111,4 @@ def test_resume_refuses_an_option_that_would_change_the_model_before_ray_starts(
         pipelines.train.train(TrainConfig(width=8, lr=1.0), resume=logged_run)
     with pytest.raises(UserError, match="holds no checkpoint of run"):  # moved storage must hold its checkpoints
         run_settings = pipelines.train.logged_run_settings(logged_run)
-        pipelines.train.train(resume=logged_run, steps=4000, run=type(run_settings)(storage_path="elsewhere"))
+        pipelines.train.train(resume=pipelines.train.Resume(logged_run, steps=4000), run=type(run_settings)(storage_path="elsewhere"))

@@ -35,10 +35,10 @@ def test_an_invalid_space_fails_at_once_with_the_key_path(tiny_dataset, mlflow_s
     space = tmp_path / "space.yaml"
     space.write_text("lr: {loguniform: [1.0e-5]}\n")
     with pytest.raises(UserError, match=r"space\.lr\.loguniform"):
-        tune_sweep(tiny_dataset, space_file=str(space))
+        tune_sweep(tiny_dataset, sweep=SweepSettings(space=str(space)))
     space.write_text("lamda_gp: {uniform: [1, 10]}\n")
     with pytest.raises(UserError, match=r"space\.lamda_gp"):
-        tune_sweep(tiny_dataset, space_file=str(space))
+        tune_sweep(tiny_dataset, sweep=SweepSettings(space=str(space)))
 
 
 def children(client: MlflowClient, parent_run_id: str) -> list:
@@ -55,10 +55,7 @@ def test_asha_stops_weak_trials_survives_a_diverging_one_and_registers_the_best(
     # up at its second step (seen: non-finite at step 2).
     space.write_text("lr: {grid: [1.0e-3, 1.0e-9, 1.0e+4]}\nn_critic: 1\n")
     result = tune_sweep(tiny_dataset, sweep=SweepSettings(trials=1, scheduler="asha", steps=12, reports=3,
-                                                          objective_samples=200),
-                        space_file=str(space), experiment="sweep", register="best-generator",
-                        classifier_run=classifier_run, base=TrainConfig(width=8, z_dim=16, batch=16),
-                        storage_path=str(tmp_path / "ray"))
+                                                          objective_samples=200, space=str(space), register="best-generator", classifier=classifier_run, storage_path=str(tmp_path / "ray")), experiment="sweep", base=TrainConfig(width=8, z_dim=16, batch=16))
 
     by_lr = sorted(result.trials, key=lambda row: row["lr"])
     statuses = [(row["lr"], row["status"], row["reports"]) for row in by_lr]
@@ -205,9 +202,7 @@ def test_pbt_restarts_a_weak_trial_from_a_strong_ones_checkpoint_with_its_learni
     # reported first.
     space.write_text("lr: {choice: [1.0e-3, 1.0e-9]}\nn_critic: 1\n")
     result = tune_sweep(tiny_dataset, sweep=SweepSettings(trials=2, scheduler="pbt", steps=15, reports=3,
-                                                          max_concurrent=2, objective_samples=200, seed=1),
-                        space_file=str(space), experiment="pbt", classifier_run=classifier_run,
-                        base=TrainConfig(width=8, z_dim=16, batch=16), storage_path=str(tmp_path / "ray"))
+                                                          max_concurrent=2, objective_samples=200, seed=1, space=str(space), classifier=classifier_run, storage_path=str(tmp_path / "ray")), experiment="pbt", base=TrainConfig(width=8, z_dim=16, batch=16))
 
     client = MlflowClient()
     runs = children(client, result.parent_run_id)
@@ -263,7 +258,7 @@ def test_pbt_needs_a_knob_it_can_perturb(tiny_dataset, mlflow_store, tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text("loss: {choice: [wgan, wgan-gp]}\nlambda_gp: {uniform: [1, 10]}\n")  # lambda exists for one loss
     with pytest.raises(UserError, match="--scheduler pbt needs a range or choice"):
-        tune_sweep(tiny_dataset, space_file=str(space), sweep=SweepSettings(scheduler="pbt"))
+        tune_sweep(tiny_dataset, sweep=SweepSettings(scheduler="pbt", space=str(space)))
     space.write_text("lr: {loguniform: [1.0e-5, 1.0e-3]}\n")
     with pytest.raises(UserError, match="--scheduler pbt needs --reports 3 or more"):
-        tune_sweep(tiny_dataset, space_file=str(space), sweep=SweepSettings(scheduler="pbt", reports=2, steps=10))
+        tune_sweep(tiny_dataset, sweep=SweepSettings(scheduler="pbt", reports=2, steps=10, space=str(space)))

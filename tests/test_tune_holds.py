@@ -39,9 +39,9 @@ SWEEP = textwrap.dedent("""
     use_local_ray_env()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # Ray Train's cleaner is blind here
     result = tune_sweep(data, sweep=SweepSettings(trials=1, scheduler="asha", steps=48, reports=2,
-                                                  objective_samples=200, wait_for_workers=3600),
-                        space_file=space, experiment="holds", classifier_run=classifier,
-                        base=TrainConfig(width=8, z_dim=16, batch=16), storage_path=storage)
+                                                  objective_samples=200, wait_for_workers=3600, space=space,
+                                                  classifier=classifier, storage_path=storage),
+                        experiment="holds", base=TrainConfig(width=8, z_dim=16, batch=16))
     print(json.dumps({"trials": [[row["run_id"], row["status"]] for row in result.trials], "held": held_groups()}))
 """)
 
@@ -92,9 +92,7 @@ def test_a_trial_whose_cpus_are_held_fails_in_one_line_naming_them_and_the_sweep
     space.write_text("lr: {grid: [1.0e-3]}\nn_critic: 1\n")
     try:
         result = tune_sweep(tiny_dataset, sweep=SweepSettings(trials=1, scheduler="asha", steps=4, reports=1,
-                                                              objective_samples=200, wait_for_workers=1),
-                            space_file=str(space), experiment="held", classifier_run=mlflow_with_classifier,
-                            base=TrainConfig(width=8, z_dim=16, batch=16), storage_path=str(tmp_path / "ray"))
+                                                              objective_samples=200, wait_for_workers=1, space=str(space), classifier=mlflow_with_classifier, storage_path=str(tmp_path / "ray")), experiment="held", base=TrainConfig(width=8, z_dim=16, batch=16))
     finally:
         remove_placement_group(hog)
     assert [row["status"] for row in result.trials] == ["error"], result.trials

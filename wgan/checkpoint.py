@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator: nn.Module,
-         critic: nn.Module, g_optimizer: torch.optim.Optimizer, d_optimizer: torch.optim.Optimizer,
-         fixed_z: torch.Tensor, mlflow_run_id: str | None, generator_ema: nn.Module | None = None,
-         g_scheduler: LRScheduler | None = None, d_scheduler: LRScheduler | None = None,
-         critic_updates: int | None = None) -> Path:
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the step, the config and the run: the networks, their optimizers
+    and schedulers, the EMA generator, the fixed latents of the sample grids and the critic's clock."""
+
+    generator: nn.Module
+    critic: nn.Module
+    g_optimizer: torch.optim.Optimizer
+    d_optimizer: torch.optim.Optimizer
+    fixed_z: torch.Tensor
+    generator_ema: nn.Module | None = None
+    g_scheduler: LRScheduler | None = None
+    d_scheduler: LRScheduler | None = None
+    critic_updates: int | None = None
+
+
+def save(directory: str | os.PathLike, state: TrainingState, *, step: int, cfg: TrainConfig,
+         mlflow_run_id: str | None) -> Path:
+    """Write ``state`` at ``step`` into ``directory`` atomically, with an integrity record beside it."""
+    generator, critic, generator_ema = state.generator, state.critic, state.generator_ema
+    g_scheduler, d_scheduler = state.g_scheduler, state.d_scheduler
     path = Path(directory) / FILENAME
     payload = {
         "format_version": FORMAT_VERSION,
@@ -57,10 +74,10 @@ def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator
         "config": cfg.to_dict(),
         "generator": generator.state_dict(),
         "critic": critic.state_dict(),
-        "g_optimizer": g_optimizer.state_dict(),
-        "d_optimizer": d_optimizer.state_dict(),
+        "g_optimizer": state.g_optimizer.state_dict(),
+        "d_optimizer": state.d_optimizer.state_dict(),
         "rng": rng_state(),
-        "fixed_z": fixed_z.cpu(),
+        "fixed_z": state.fixed_z.cpu(),
         "mlflow_run_id": mlflow_run_id,
         # torch.optim.swa_utils.AveragedModel's state: "module.<name>" weights and n_averaged.
         "generator_ema": None if generator_ema is None else generator_ema.state_dict(),
@@ -68,7 +85,7 @@ def save(directory: str | os.PathLike, *, step: int, cfg: TrainConfig, generator
         "g_scheduler": None if g_scheduler is None else g_scheduler.state_dict(),
         "d_scheduler": None if d_scheduler is None else d_scheduler.state_dict(),
         # critic updates taken: the clock of --gp-every (None: `critic_updates_of` derives it)
-        "critic_updates": critic_updates,
+        "critic_updates": state.critic_updates,
     }
     tmp = path.with_suffix(".pt.tmp")
     try:

@@ -14,6 +14,8 @@ class count read from the generator itself, never left to the caller.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -229,12 +231,13 @@ def sample_and_embed(generator: dict, n: int, seed: int, extractor: dict, *,
 
     from pipelines.cluster.progress import StageProgress
 
-    dataset = ray.data.range(n).map_batches(
-        SampleAndEmbed, batch_size=_batch(extractor), batch_format="numpy",
-        fn_constructor_kwargs=dict(extractor=extractor, gpu=gpu, generator=generator, seed=seed),
-        **_pool(gpu, concurrency))
-    return _collect(dataset, ("row", "image", "features", "logits"), order_by="row",
-                    progress=StageProgress("evaluate", n, "samples", enabled=progress))
+    with _in_order():  # sample i in row i: a conditional run drew it for class i % K
+        dataset = ray.data.range(n).map_batches(
+            SampleAndEmbed, batch_size=_batch(extractor), batch_format="numpy",
+            fn_constructor_kwargs=dict(extractor=extractor, gpu=gpu, generator=generator, seed=seed),
+            **_pool(gpu, concurrency))
+        return _collect(dataset, ("row", "image", "features", "logits"),
+                        progress=StageProgress("evaluate", n, "samples", enabled=progress))
 
 
 def embed_shards(paths: list[str], size: int, channels: int, extractor: dict, *, gpu: bool = False,
@@ -245,21 +248,30 @@ def embed_shards(paths: list[str], size: int, channels: int, extractor: dict, *,
 
     from pipelines.cluster.progress import StageProgress
 
-    options = ray.data.DataContext.get_current().execution_options
-    ordered = options.preserve_order
-    options.preserve_order = True  # features stay in the dataset's row order
-    try:
+    with _in_order():  # features stay in the dataset's row order
         dataset = ray.data.read_parquet(paths, columns=["image"]).map_batches(
             EmbedShards, batch_size=_batch(extractor), batch_format="pyarrow",
             fn_constructor_kwargs=dict(extractor=extractor, gpu=gpu, size=size, channels=channels),
             **_pool(gpu, concurrency))
         progress = StageProgress("evaluate", rows or 0, "reference features", enabled=rows is not None)
         return _collect(dataset, ("features",), progress=progress)["features"]
+
+
+@contextlib.contextmanager
+def _in_order():
+    """Ray Data's own order while the block runs (``preserve_order``): its output rows in its input's order."""
+    import ray.data
+
+    options = ray.data.DataContext.get_current().execution_options
+    ordered = options.preserve_order
+    options.preserve_order = True
+    try:
+        yield
     finally:
         options.preserve_order = ordered
 
 
-def _collect(dataset, columns: tuple[str, ...], *, progress, order_by: str | None = None) -> dict[str, np.ndarray]:
+def _collect(dataset, columns: tuple[str, ...], *, progress) -> dict[str, np.ndarray]:
     """The dataset's ``columns``, batch after batch (``progress``, a `StageProgress`, counts the rows).
     Ray core's notice about the actor pool's restarts stays off the console (`console.ray_notices_filtered`)."""
     from pipelines.cluster.console import ray_notices_filtered
@@ -270,8 +282,4 @@ def _collect(dataset, columns: tuple[str, ...], *, progress, order_by: str | Non
             for c in columns:
                 parts[c].append(batch[c])
             progress.advance(len(batch[columns[0]]))
-    out = {c: np.concatenate(v) for c, v in parts.items()}
-    if order_by is not None:
-        order = np.argsort(out[order_by], kind="stable")
-        out = {c: v[order] for c, v in out.items()}
-    return out
+    return {c: np.concatenate(v) for c, v in parts.items()}

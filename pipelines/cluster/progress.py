@@ -66,10 +66,11 @@ class StageProgress:
     """
 
     def __init__(self, stage: str, total: int, what: str, *, enabled: bool = True,
-                 describe: Callable[[dict], str] | None = None, initial: str = "", stream: TextIO | None = None,
+                 describe: Callable[[dict], str] | None = None, stream: TextIO | None = None,
                  terminal: bool | None = None, clock: Callable[[], float] = time.monotonic):
         self.stage, self.total, self.what, self.enabled = stage, total, what, enabled
-        self.describe, self.initial, self.clock = describe, initial, clock
+        self.describe, self.clock = describe, clock
+        self.initial = ""  # the text a terminal's bar shows before the first update
         self.stream = stream if stream is not None else sys.stdout
         self.terminal = is_terminal(self.stream) if terminal is None else terminal
         self.done = 0
@@ -215,5 +216,6 @@ def train_stats(update: dict) -> str:
 
 def train_progress(total_steps: int, enabled: bool = True) -> QueueFeed:
     """A training run's progress, fed by rank 0 through the returned feed's ``queue``."""
-    return QueueFeed(StageProgress("train", total_steps, "step", enabled=enabled, describe=train_stats,
-                                   initial="starting Ray workers..."))
+    progress = StageProgress("train", total_steps, "step", enabled=enabled, describe=train_stats)
+    progress.initial = "starting Ray workers..."
+    return QueueFeed(progress)

@@ -22,64 +22,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
-from wgan.data import fs as datafs
 from wgan.errors import UserError
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 5000
-# Not ./mlflow.db: experiments created there by local runs keep a local artifact
-# path, which workers on other nodes would write to their own disks.
-DEFAULT_BACKEND_FILE = "mlflow-server.db"
-DEFAULT_ARTIFACTS_DIR = "mlartifacts"
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    backend_store_uri: Optional[str] = None  # None: sqlite:///<cwd>/mlflow-server.db
-    artifacts_destination: Optional[str] = None  # None: <cwd>/mlartifacts
-    workers: int = 2
-    basic_auth: bool = False
-
-    def resolved(self, cwd: Path | None = None) -> "ServerSettings":
-        """Defaults filled in against ``cwd`` (absolute paths: the server may run elsewhere)."""
-        cwd = (cwd or Path.cwd()).resolve()
-        if not 0 < self.port < 65536:
-            raise UserError(f"--port {self.port} is not a TCP port: give 1-65535")
-        if self.workers < 1:
-            raise UserError("--workers must be at least 1")
-        backend = self.backend_store_uri or f"sqlite:///{cwd / DEFAULT_BACKEND_FILE}"
-        if "://" not in backend:
-            raise UserError(f"--backend-store-uri {backend!r} is not a database URI: "
-                            "give sqlite:///FILE or postgresql://USER@HOST/DB")
-        if backend.startswith("file:"):
-            raise UserError("--backend-store-uri must be a database (sqlite:/// or postgresql://), "
-                            "not a file store: MLflow's file store is deprecated and slow for many runs")
-        database = backend.removeprefix("sqlite:///") if backend.startswith("sqlite:///") else None
-        if database and not (cwd / database).parent.is_dir():  # sqlite creates the file, not its directory
-            raise UserError(f"--backend-store-uri {backend}: directory {(cwd / database).parent} does not exist: "
-                            f"create it, or give sqlite:///FILE in an existing directory")
-        artifacts = self.artifacts_destination or str(cwd / DEFAULT_ARTIFACTS_DIR)
-        if "://" not in artifacts:
-            artifacts = str((cwd / artifacts).resolve())
-            problem = datafs.cannot_write(artifacts)
-            if problem:
-                raise UserError(f"--artifacts-destination {artifacts}: {problem}: give a directory the server "
-                                f"can write, or s3://BUCKET/PREFIX")
-        return ServerSettings(self.host, self.port, backend, artifacts, self.workers, self.basic_auth)
-
-    @property
-    def tracking_uri(self) -> str:
-        """What clients set as MLFLOW_TRACKING_URI (a wildcard bind is reached through loopback here)."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else "[::1]" if self.host == "::" else self.host
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+from pipelines.stage_options import ServerSettings
 
 
 def is_loopback(host: str) -> bool:

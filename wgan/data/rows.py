@@ -1,13 +1,15 @@
 """Reading a prepared dataset's rows by position: labels, images, one split (architecture.md, section 1).
 
-Plain pyarrow reads of the shards the manifest lists, on any filesystem `wgan.data.fs`
-resolves; the stages share them (evaluate's memorisation picture, the augment experiment,
+pyarrow's own dataset reads (`Dataset.take`) of the shards the manifest lists, on any filesystem
+`wgan.data.fs` resolves; the stages share them (evaluate's memorisation picture, the augment experiment,
 the classifier's splits).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from wgan.data import fs as datafs
@@ -16,28 +18,26 @@ from wgan.data.manifest import shard_paths
 from wgan.errors import UserError
 
 
+def shards_dataset(data_dir: str, manifest: dict) -> ds.Dataset:
+    """The shards the manifest lists, in its order, as one pyarrow dataset: its row i is the dataset's row i."""
+    paths = shard_paths(data_dir, manifest)
+    if not paths:
+        raise UserError(f"{data_dir}: the manifest lists no shards: prepare the dataset again")
+    filesystem, _ = datafs.resolve(paths[0])
+    return ds.dataset([datafs.resolve(path)[1] for path in paths], filesystem=filesystem, format="parquet")
+
+
 def dataset_labels(data_dir: str, manifest: dict) -> np.ndarray:
     """The label of every dataset row, in row order (the reference features' order)."""
-    labels = []
-    for shard in shard_paths(data_dir, manifest):
-        filesystem, path = datafs.resolve(shard)
-        with filesystem.open_input_file(path) as handle:
-            labels.append(pq.read_table(handle, columns=["label"]).column(0).to_numpy())
-    return np.concatenate(labels)
+    return shards_dataset(data_dir, manifest).to_table(columns=["label"]).column(0).to_numpy()
 
 
 def read_rows(data_dir: str, manifest: dict, rows: np.ndarray) -> np.ndarray:
-    """(len(rows), H, W, C) uint8 images of the dataset's global row numbers (row order of section 1)."""
-    starts = np.cumsum([0] + [shard["rows"] for shard in manifest["shards"]])
-    out = np.empty((len(rows), manifest["size"], manifest["size"], manifest["channels"]), dtype=np.uint8)
-    paths = shard_paths(data_dir, manifest)
-    for shard in np.unique(np.searchsorted(starts, rows, side="right") - 1):
-        wanted = np.flatnonzero((rows >= starts[shard]) & (rows < starts[shard + 1]))
-        filesystem, path = datafs.resolve(paths[shard])
-        with filesystem.open_input_file(path) as handle:
-            column = pq.read_table(handle, columns=["image"]).column(0).take(rows[wanted] - starts[shard])
-        out[wanted] = unpack_images(column, manifest["size"], manifest["channels"])
-    return out
+    """(len(rows), H, W, C) uint8 images of the dataset's global row numbers (row order of section 1), in
+    the order given (repeats allowed): pyarrow's `Dataset.take`."""
+    column = shards_dataset(data_dir, manifest).take(pa.array(np.asarray(rows, dtype=np.int64)),
+                                                     columns=["image"]).column(0)
+    return unpack_images(column, manifest["size"], manifest["channels"])
 
 
 def split_manifest(data_dir: str, manifest: dict, split: str) -> dict:
