@@ -2,7 +2,7 @@
 
 `train()` checks everything it can before Ray starts (config, data manifest,
 resume id), opens the MLflow run, runs `TorchTrainer` with
-`pipelines.train_worker.train_loop_per_worker`, then logs the generator model
+`pipelines.train_hop.train_loop_per_worker`, then logs the generator model
 and the loss curves from the driver, off the training hot path.
 """
 
@@ -442,9 +442,9 @@ def training_dataset(data_dir: str, manifest: dict):
 
 def _worker_config(cfg: TrainConfig, run: RunSettings, run_id: str, trial: TrialPlumbing,
                    torch_threads: int | None, fallback: _Fallback | None, evaluation: dict | None):
-    """What crosses the Ray hop to every worker (`pipelines.train_worker.WorkerConfig`), but the
+    """What crosses the Ray hop to every worker (`pipelines.train_hop.WorkerConfig`), but the
     progress queue and the in-memory dataset, which `_fit` adds."""
-    from pipelines.train_worker import WorkerConfig
+    from pipelines.train_hop import WorkerConfig
 
     return WorkerConfig(
         train_config=cfg.to_dict(), run_settings=run.to_dict(), mlflow_run_id=run_id,
@@ -467,7 +467,7 @@ def _fit(worker, run: RunSettings, trial: TrialPlumbing, dataset, resources: dic
     from ray.train.torch import TorchTrainer
 
     from pipelines.cluster.progress import train_progress
-    from pipelines.train_worker import train_loop_per_worker
+    from pipelines.train_hop import train_loop_per_worker
 
     reporter = train_progress(worker.train_config["steps"], enabled=progress)
     run_id = worker.mlflow_run_id

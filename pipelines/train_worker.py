@@ -10,7 +10,7 @@ runs under `flushed_on_error`, which sends the queue (at most
 ERROR_FLUSH_TIMEOUT_S) and tags what could not be sent before the error goes on
 to Ray Train.
 
-Everything that crosses the Ray hop is one `WorkerConfig`, its fields named once.
+Everything that crosses the Ray hop is one `pipelines.train_hop.WorkerConfig`, its fields named once.
 
 Test hook: ``WorkerConfig.fail_at_step`` (the driver sets it from the environment
 variable WGANCTL_TEST_FAIL_AT_STEP) makes every rank raise a RuntimeError right
@@ -25,8 +25,8 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Iterator
 
 import ray.train
 import ray.train.torch
@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from wgan import checkpoint as ckpt, precision
+from pipelines.train_hop import WorkerConfig
 from wgan.config import RunSettings, TrainConfig
 from wgan.data import fs as datafs
 from wgan.data.images import unpack_images
@@ -151,31 +152,9 @@ def flushed_on_error(client: BufferedMlflowClient | None, timeout: float = ERROR
         raise
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What the driver (`pipelines.train._fit`) sends every worker, whole, as Ray Train's
-    ``train_loop_config={"worker": WorkerConfig(...)}``."""
-
-    train_config: dict  # TrainConfig.to_dict(), resolved
-    run_settings: dict  # RunSettings.to_dict()
-    mlflow_run_id: str
-    tracking_uri: str
-    torch_threads: int | None = None  # this worker's share of a local machine's cores (connect.worker_resources)
-    progress_queue: Any = None  # rank 0's progress updates to the driver's console (a ray.util.queue.Queue)
-    objective: dict | None = None  # tune's sample-quality objective at every checkpoint (pipelines.objective)
-    evaluation: dict | None = None  # --eval-every: what rank 0 scores samples with (pipelines.objective)
-    init_checkpoint: str | None = None  # PBT: another trial's checkpoint to start from
-    # --resume past unreadable checkpoints: Ray Train still names the newest; the workers skip these
-    skipped_checkpoints: list[str] = field(default_factory=list)
-    fallback_checkpoint: str | None = None  # ... and go on from this one
-    in_memory: Any = None  # small data: the table, put once (ObjectRef); else None: a Ray Data shard streams
-    system_metrics_interval_s: float | None = None  # rank 0's machine, in the run
-    fail_at_step: int | None = None  # the test hook (module docstring)
-
-
-def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point: the training loop, whose logging reaches MLflow even if it raises."""
-    worker: WorkerConfig = config["worker"]
+def run_worker(worker: WorkerConfig) -> None:
+    """The training loop of one worker (`pipelines.train_hop.train_loop_per_worker` calls it), whose
+    logging reaches MLflow even if it raises."""
     # Rank 0 logs through a queue drained by a background thread: training never waits on
     # MLflow, and a tracking-server outage is retried, warned about once, and recorded.
     client = BufferedMlflowClient(worker.tracking_uri) if ray.train.get_context().get_world_rank() == 0 else None

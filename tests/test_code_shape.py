@@ -40,3 +40,4 @@ def test_the_rule_catches_a_long_function_and_a_wide_one(tmp_path):
     assert len(found) == 2, found
     assert "m.py:5 wide: 9 parameters" in found[1] or "m.py:5 wide: 9 parameters" in found[0]
     assert any("long: 81 lines" in line for line in found)
+

@@ -2,7 +2,7 @@
 
 Under Ray Train V2, Tune cannot drive a `TorchTrainer` directly; each trial (0.01 CPU: it only
 waits) calls `pipelines.train.train` in a `TrainDriver` actor, which starts its own TorchTrainer.
-A Train callback (`ForwardReports`) passes the workers' checkpoint reports (with the
+A Train callback (`pipelines.tune.reports.ForwardReports`) passes the workers' checkpoint reports (with the
 sample-quality objective) to the trial, which reports them to Tune with a small checkpoint
 pointing at the train checkpoint, so that PBT can start another trial from it.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.train import UserCallback
 from mlflow.tracking import MlflowClient
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -25,6 +24,7 @@ from pipelines import objective, tracking
 from pipelines.cluster import checkpoints, holds
 from pipelines.tracking import run_tags
 from pipelines.train import TrialPlumbing, train
+from pipelines.tune.reports import ForwardReports
 
 POINTER_FILE = "train_checkpoint.json"
 
@@ -42,17 +42,6 @@ class TrialSpec:
     cpus_per_worker: float
     tracking_uri: str  # the driver's store, whatever the worker's environment says
     ledger: str  # the sweep's `pipelines.cluster.holds.GroupLedger`, by name
-
-
-class ForwardReports(UserCallback):
-    """Runs in the TorchTrainer's controller: passes each report, with the path of its
-    checkpoint, to the trial's queue (Tune's own callback drops the checkpoint)."""
-
-    def __init__(self, queue):
-        self.queue = queue
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        self.queue.put({**metrics[0], "checkpoint_path": checkpoints.location(checkpoint) if checkpoint else None})
 
 
 def _report_to_tune(item: dict[str, Any]) -> None:
