@@ -69,10 +69,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.cluster import console  # noqa: E402
 from wgan.config import RunSettings, TrainConfig  # noqa: E402
+from pipelines.stage_options import PrepareOptions  # noqa: E402
 from wgan.networks import build_critic, build_generator  # noqa: E402
+from wgan import precision  # noqa: E402
 from wgan.precision import cpu_has_bf16  # noqa: E402
 from wgan.step import TrainStep, build_optimizers  # noqa: E402
-from pipelines.stage_options import PrepareOptions  # noqa: E402
 
 CHANNELS = {28: 1, 32: 3, 64: 3}
 Step = Callable[[list[torch.Tensor]], None]  # one generator step on n_critic real batches
@@ -120,10 +121,11 @@ def plain_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Mo
 
 
 def our_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Module,
-             channels_last: bool = False, precision_mode: str = "fp32") -> Step:
-    train_step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic),
-                           precision_mode=precision_mode)
+             channels_last: bool = False, precision_mode: str = "fp32", fused: bool = False) -> Step:
     layout = torch.channels_last if channels_last else torch.contiguous_format
+    generator, critic = generator.to(memory_format=layout), critic.to(memory_format=layout)
+    train_step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic, fused=fused),
+                           precision_mode=precision_mode)
 
     def step(reals: list[torch.Tensor]) -> None:
         train_step((real.contiguous(memory_format=layout), None) for real in reals)
@@ -131,23 +133,28 @@ def our_step(cfg: TrainConfig, generator: torch.nn.Module, critic: torch.nn.Modu
     return step
 
 
-def channels_last(cfg: TrainConfig, device: torch.device, precision_mode: str = "fp32") -> Step:
-    g, d = networks(cfg, device)
-    return our_step(cfg, g.to(memory_format=torch.channels_last), d.to(memory_format=torch.channels_last),
-                    channels_last=True, precision_mode=precision_mode)
+def defaults_step(cfg: TrainConfig, device: torch.device) -> Step:
+    """Our step as a run takes it: precision auto, its layout (`wgan.precision.memory_format`), the
+    optimizers `build_optimizers` chooses."""
+    mode = precision.effective("auto", device)
+    layout = precision.memory_format(mode, device)
+    return our_step(cfg, *networks(cfg, device), channels_last=layout == torch.channels_last, precision_mode=mode,
+                    fused=None)
 
 
 def contenders(cfg: TrainConfig, device: torch.device, compile_generator: bool) -> dict[str, Step]:
     out = {"plain loop": plain_step(cfg, *networks(cfg, device)), "ours": our_step(cfg, *networks(cfg, device))}
-    out["ours + channels_last"] = channels_last(cfg, device)
+    out["ours + fused Adam"] = our_step(cfg, *networks(cfg, device), fused=True)
+    out["ours + channels_last"] = our_step(cfg, *networks(cfg, device), channels_last=True)
     if compile_generator:
         g, d = networks(cfg, device)
         out["ours + compiled G"] = our_step(cfg, torch.compile(g), d)
     if device.type == "cuda" or cpu_has_bf16():
         out["ours + bf16 autocast"] = our_step(cfg, *networks(cfg, device), precision_mode="bf16")
+        out["ours + bf16 + ch_last"] = our_step(cfg, *networks(cfg, device), channels_last=True, precision_mode="bf16")
     if device.type == "cuda":
-        out["ours + bf16 + ch_last"] = channels_last(cfg, device, precision_mode="bf16")
         out["ours + fp16 + scaler"] = our_step(cfg, *networks(cfg, device), precision_mode="fp16")
+    out["ours, run defaults"] = defaults_step(cfg, device)
     return out
 
 

@@ -43,7 +43,7 @@ from wgan.data.in_memory import shuffled_batches
 from wgan.data.reader import decode_images
 from wgan.images import grid, to_uint8
 from wgan.networks import build_critic, build_generator
-from wgan.step import TrainStep, build_optimizers, build_schedulers, unwrap
+from wgan.step import TrainStep, build_optimizers, build_schedulers, state_in_layout, unwrap
 from pipelines import objective, tracking
 from pipelines.cluster import checkpoints
 from pipelines.tracking import run_tags
@@ -177,11 +177,12 @@ class _State:
     step: TrainStep | None = None  # the step being trained: its critic-update clock (--gp-every) is checkpointed
 
 
-def _restore(cfg: TrainConfig, config: WorkerConfig, device: torch.device) -> _State:
-    """Build the networks (identical on every rank) and load the checkpoint to go on from: this
-    run's latest (a restarted worker group, --resume) or, for a PBT exploit, another trial's."""
+def _restore(cfg: TrainConfig, config: WorkerConfig, device: torch.device, layout: torch.memory_format) -> _State:
+    """Build the networks (identical on every rank, in ``layout``) and load the checkpoint to go on from:
+    this run's latest (a restarted worker group, --resume) or, for a PBT exploit, another trial's."""
     torch.manual_seed(cfg.seed)
-    generator, critic = build_generator(cfg).to(device), build_critic(cfg).to(device)
+    generator = build_generator(cfg).to(device, memory_format=layout)
+    critic = build_critic(cfg).to(device, memory_format=layout)
     g_opt, d_opt = build_optimizers(cfg, generator, critic)
     state = _State(generator, critic, g_opt, d_opt, build_schedulers(cfg, g_opt, d_opt),
                    fixed_z=torch.randn(GRID_SAMPLES, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)))
@@ -199,6 +200,8 @@ def _restore(cfg: TrainConfig, config: WorkerConfig, device: torch.device) -> _S
     for module, key in ((generator, "generator"), (critic, "critic"), (state.g_opt, "g_optimizer"),
                         (state.d_opt, "d_optimizer")):
         module.load_state_dict(payload[key])
+    for optimizer in (state.g_opt, state.d_opt):  # a checkpoint of another layout (--precision changed on resume)
+        state_in_layout(optimizer)
     # this run's learning rate (PBT perturbs it), not the saved one, where the schedule was
     ckpt.restore_schedulers(payload, *state.schedulers, lr=cfg.lr)
     state.fixed_z, state.start, state.payload = payload["fixed_z"], payload["step"], payload
@@ -355,7 +358,10 @@ def _train(config: WorkerConfig, client: BufferedMlflowClient | None) -> None:
     device = ray.train.torch.get_device()
 
     # --- Restore: networks, optimizers, step, fixed grid latents --------------------------------
-    state = _restore(cfg, config, device)
+    # The networks in the layout their precision runs fastest in (channels_last for bf16 on an AMX
+    # CPU), from the start: the optimizers' state, the EMA copy and DDP's gradient buckets follow it.
+    state = _restore(cfg, config, device, precision.memory_format(precision.effective(settings.precision, device),
+                                                                   device))
     duties = _RankZero(client, config, cfg, settings, state, device) if rank == 0 else _OtherRank()
     # Different latents on each rank, reproducible per (seed, rank, step).
     torch.manual_seed(hash((cfg.seed, rank, state.start)) % 2**63)

@@ -53,14 +53,32 @@ def has_batch_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def build_optimizers(cfg: TrainConfig, generator: nn.Module, critic: nn.Module):
+def build_optimizers(cfg: TrainConfig, generator: nn.Module, critic: nn.Module, fused: bool | None = None):
     """RMSProp for wgan (Arjovsky et al. 2017: momentum-based optimisers made the
-    critic unstable), Adam for wgan-gp and gan."""
+    critic unstable), Adam for wgan-gp and gan.
+
+    ``fused`` (Adam): one kernel updates every parameter, instead of a few small ops per
+    parameter tensor; the same update up to float rounding (tests/test_precision.py). None:
+    fused on a CUDA GPU, where PyTorch's documentation calls it the fastest; not on a CPU,
+    where it measured 0.94-0.98x the default at 28-64 px (benchmarks/RESULTS-issue32.md)."""
     if cfg.optimizer == "rmsprop":
         return (torch.optim.RMSprop(generator.parameters(), lr=cfg.lr),
                 torch.optim.RMSprop(critic.parameters(), lr=cfg.lr))
-    return (torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas),
-            torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=cfg.betas))
+    if fused is None:
+        fused = next(generator.parameters()).device.type == "cuda"
+    return (torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused),
+            torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused))
+
+
+def state_in_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Put an optimizer's state tensors in the memory layout of their parameters. A loaded state keeps
+    the layout it was saved in, and the fused Adam kernel reads a state tensor as if laid out like
+    its parameter: a channels_last parameter with a contiguous state would be updated from the
+    wrong elements (tests/test_precision.py)."""
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def build_schedulers(cfg: TrainConfig, *optimizers: torch.optim.Optimizer) -> tuple[LambdaLR, ...]:
@@ -96,6 +114,9 @@ class TrainStep:
         self._g_params = [p for p in unwrap(generator).parameters() if p.requires_grad]
         device = next(unwrap(generator).parameters()).device
         self.precision = precision.effective(precision_mode, device)
+        # The batches' layout, the networks' (`precision.memory_format`: the caller converts the
+        # networks, before any DDP wrapper is made, as `pipelines.train_worker` does).
+        self.memory_format = precision.memory_format(self.precision, device)
         self._autocast = lambda: precision.autocast(self.precision, device)
         # fp16 only: dynamic loss scaling, one scaler per optimizer; pass-throughs otherwise.
         self.d_scaler = precision.grad_scaler(self.precision, device)
@@ -125,6 +146,7 @@ class TrainStep:
     def critic_update(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg, loss = self.cfg, self.cfg.loss
         n = real.shape[0]
+        real = real.contiguous(memory_format=self.memory_format)  # a no-op when it is so already
         with torch.no_grad(), self._autocast():
             fake = unwrap(self.generator)(self._latents(n, real.device), labels).float()
         self.d_optimizer.zero_grad(set_to_none=True)
