@@ -24,8 +24,7 @@ from pipelines.cli_options import Only, config_values, knob_options, stage_optio
 from pipelines.cluster import console
 from pipelines.search_space import SweepSettings
 from pipelines.stage_options import (AugmentOptions, ClassifierOptions, EvaluateOptions, InterpolateOptions,
-                                     PrepareOptions, SampleOptions)
-from pipelines.stage_options import ServerSettings
+                                     PrepareOptions, SampleOptions, ServerSettings)
 
 try:  # the Click that Typer parses with: its own copy since Typer 0.2x, else the installed one
     from typer._click import exceptions as _click_errors

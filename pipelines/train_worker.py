@@ -177,9 +177,14 @@ class _State:
     step: TrainStep | None = None  # the step being trained: its critic-update clock (--gp-every) is checkpointed
 
 
-def _restore(cfg: TrainConfig, config: WorkerConfig, device: torch.device, layout: torch.memory_format) -> _State:
-    """Build the networks (identical on every rank, in ``layout``) and load the checkpoint to go on from:
-    this run's latest (a restarted worker group, --resume) or, for a PBT exploit, another trial's."""
+def _restore(cfg: TrainConfig, config: WorkerConfig, device: torch.device, precision_mode: str) -> _State:
+    """Build the networks (identical on every rank) and load the checkpoint to go on from: this
+    run's latest (a restarted worker group, --resume) or, for a PBT exploit, another trial's.
+
+    The networks are built in the layout their precision runs fastest in (`wgan.precision.memory_format`:
+    channels_last for bf16 on a CPU), from the start: the optimizers' state, the EMA copy and DDP's
+    gradient buckets then follow it."""
+    layout = precision.memory_format(precision.effective(precision_mode, device), device)
     torch.manual_seed(cfg.seed)
     generator = build_generator(cfg).to(device, memory_format=layout)
     critic = build_critic(cfg).to(device, memory_format=layout)
@@ -357,11 +362,8 @@ def _train(config: WorkerConfig, client: BufferedMlflowClient | None) -> None:
         torch.set_num_threads(config.torch_threads)
     device = ray.train.torch.get_device()
 
-    # --- Restore: networks, optimizers, step, fixed grid latents --------------------------------
-    # The networks in the layout their precision runs fastest in (channels_last for bf16 on an AMX
-    # CPU), from the start: the optimizers' state, the EMA copy and DDP's gradient buckets follow it.
-    state = _restore(cfg, config, device, precision.memory_format(precision.effective(settings.precision, device),
-                                                                   device))
+    # --- Restore: networks (in their precision's layout), optimizers, step, fixed grid latents -----
+    state = _restore(cfg, config, device, settings.precision)
     duties = _RankZero(client, config, cfg, settings, state, device) if rank == 0 else _OtherRank()
     # Different latents on each rank, reproducible per (seed, rank, step).
     torch.manual_seed(hash((cfg.seed, rank, state.start)) % 2**63)

@@ -146,7 +146,8 @@ class TrainStep:
     def critic_update(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg, loss = self.cfg, self.cfg.loss
         n = real.shape[0]
-        real = real.contiguous(memory_format=self.memory_format)  # a no-op when it is so already
+        if real.dim() == 4:  # images (an MLP's points have no layout); a no-op when they are so already
+            real = real.contiguous(memory_format=self.memory_format)
         with torch.no_grad(), self._autocast():
             fake = unwrap(self.generator)(self._latents(n, real.device), labels).float()
         self.d_optimizer.zero_grad(set_to_none=True)
