@@ -138,22 +138,15 @@ def test_precision_auto_stays_fp32_in_the_default_layout_on_a_cpu_without_bf16(m
     avx2_only = "flags : fpu sse sse2 ssse3 sse4_1 sse4_2 avx avx2 fma bmi2 avx512f avx512bw"
     amx = avx2_only + " avx512_bf16 amx_bf16 amx_tile"
     assert not precision.cpu_has_bf16(avx2_only) and precision.cpu_has_bf16(amx)
-    cpu = torch.device("cpu")
+    cpu, check = torch.device("cpu"), precision.cpu_has_bf16
     for cpuinfo, mode, layout in ((avx2_only, "fp32", torch.contiguous_format), (amx, "bf16", torch.channels_last)):
-        monkeypatch.setattr(precision, "cpu_has_bf16", lambda text=None, info=cpuinfo: precision_check(info))
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda text=None, info=cpuinfo: check(info))
         assert precision.effective("auto", cpu) == mode
         assert precision.memory_format(precision.effective("auto", cpu), cpu) == layout
         cfg = TrainConfig(loss="wgan-gp", width=8, z_dim=16, batch=8, image_size=28, channels=1).resolved()
         generator, critic = build_generator(cfg), build_critic(cfg)
         step = TrainStep(cfg, generator, critic, *build_optimizers(cfg, generator, critic), precision_mode="auto")
         assert (step.precision, step.memory_format) == (mode, layout)
-
-
-_real_cpu_check = precision.cpu_has_bf16
-
-
-def precision_check(cpuinfo: str) -> bool:
-    return _real_cpu_check(cpuinfo)
 
 
 def test_a_checkpoint_of_another_layout_resumes_the_reference_step(one_thread):
